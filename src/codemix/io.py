@@ -1,4 +1,4 @@
-"""Atomic file and directory writes, hashing.
+"""Atomic file and directory writes, hashing, and the helpers of resumable parallel builds.
 
 Artifacts are written to a temporary sibling and renamed into place, so a crash or a
 bad input never leaves a half-written file or directory behind.
@@ -18,6 +18,10 @@ from typing import Any
 
 __all__ = [
     "atomic_dir",
+    "available_cpus",
+    "exit_with_parent",
+    "read_commits",
+    "read_json",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -102,3 +106,46 @@ def stable_hash(obj: Any, *, length: int = 12) -> str:
     """Hash of a JSON-serializable object, independent of dict key order."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------- resumable work
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (a SLURM or container allocation, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file's object, or {} when it is missing or torn (a work directory's key file)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def read_commits(path: Path) -> dict[int, dict[str, Any]]:
+    """Committed chunks by index; a torn last line (killed mid-write) is ignored."""
+    commits: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            commits[entry["chunk"]] = entry
+    return commits
+
+
+def exit_with_parent() -> None:
+    """Linux: have the kernel end this worker when the parent dies (e.g. a SIGKILLed job), not orphan it."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: workers exit when their queue closes instead
+        pass

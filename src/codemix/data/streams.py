@@ -43,7 +43,16 @@ from codemix.config import DataConfig, SourceConfig
 from codemix.data.sources import Document, heldout_count, shuffled_documents
 from codemix.data.tokenizer import EOS, load_tokenizer, tokenizer_hash
 from codemix.errors import DataError
-from codemix.io import atomic_dir, atomic_write_bytes, atomic_write_json, stable_hash
+from codemix.io import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    available_cpus,
+    exit_with_parent,
+    read_commits,
+    read_json,
+    stable_hash,
+)
 
 __all__ = ["CHUNK_CHARS", "TokenStream", "build_stream", "encode_documents", "write_stream"]
 
@@ -230,11 +239,11 @@ def build_stream(
                  "vocab_size": vocab, "dtype": dtype.name, "key": key, "version": _FORMAT_VERSION}
 
     work = out_dir.parent / f".{out_dir.name}.partial"
-    if work.exists() and _read_json(work / "key.json").get("key") != key:
+    if work.exists() and read_json(work / "key.json").get("key") != key:
         shutil.rmtree(work)
     (work / "shards").mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "key.json", {"key": key})
-    commits = _read_commits(work / "commits.jsonl")
+    commits = read_commits(work / "commits.jsonl")
 
     n_heldout = heldout_count(source, data.heldout_docs)
     docs = shuffled_documents(source, data.shuffle_seed)
@@ -246,7 +255,7 @@ def build_stream(
 
     _, exhausted, stopped = _tokenize_training(
         source, docs, tokenizer_path, work, commits, budget_tokens=budget_tokens, dtype=dtype,
-        workers=workers or data.workers or _available_cpus(), progress=progress, chunk_chars=chunk_chars,
+        workers=workers or data.workers or available_cpus(), progress=progress, chunk_chars=chunk_chars,
         stop_after=_stop_after_chunks)
     if stopped:
         raise KeyboardInterrupt(f"stopped after {_stop_after_chunks} chunks (test hook)")
@@ -259,32 +268,7 @@ def build_stream(
     return TokenStream(out_dir)
 
 
-def _available_cpus() -> int:
-    """CPUs this process may use (a SLURM or container allocation, not the whole machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_commits(path: Path) -> dict[int, dict[str, Any]]:
-    """Committed chunks by index; a torn last line (killed mid-write) is ignored."""
-    commits: dict[int, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            commits[entry["chunk"]] = entry
-    return commits
 
 
 def _tokenize_training(
@@ -399,19 +383,9 @@ def _start_pool(workers: int, tokenizer_path: Path) -> cf.ProcessPoolExecutor:
 
 
 def _init_worker_process(tokenizer_path: str) -> None:
-    _exit_with_parent()
+    exit_with_parent()
     _init_worker(tokenizer_path, single_threaded=True)
 
-
-def _exit_with_parent() -> None:
-    """Linux: have the kernel end this worker when the parent dies (e.g. a SIGKILLed job), not orphan it."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: workers exit when their queue closes instead
-        pass
 
 
 def _init_worker_once(tokenizer_path: Path) -> None:
