@@ -37,6 +37,17 @@ def test_demo_graph_shape_and_m0_dedupe():
         seen.add(job.id)
 
 
+def test_code_streams_of_a_t5_study_are_annotated_for_codet5():
+    gpt = {j.name: j for j in _plan().by_stage("stream")}
+    t5 = {j.name: j for j in _plan("model.arch=t5", "model.preset=tiny").by_stage("stream")}
+    code = {s.name for s in _plan().cfg.data.sources if s.code}
+    assert code and code < set(t5)
+    assert all(t5[name].key.get("annotate") is (True if name in code else None) for name in t5)
+    assert not any("annotate" in job.key for job in gpt.values())
+    # only the annotated streams (and what reads them) are new jobs
+    assert {name for name in t5 if t5[name].id != gpt[name].id} == code
+
+
 def test_mixture_token_counts_follow_the_design():
     assert mixture_tokens("competitive", 0.25, False, 1000) == (750, 250)
     assert mixture_tokens("additive", 0.5, False, 1000) == (1000, 1000)

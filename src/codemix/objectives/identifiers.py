@@ -14,6 +14,10 @@ segments that are parsed separately. A segment may start in the middle of a docu
 (inside a docstring, for instance); when the plain parse has errors, the parser retries
 with the opening of a string or comment in front and keeps the parse with fewer errors.
 
+Parsing costs milliseconds per training row, too slow for a GPU step, so the data stage
+runs the same code once per document of a code stream (:func:`token_annotations`, stored by
+:mod:`codemix.data.annotations`) and training slices the stored arrays.
+
 Keywords, builtins (Python's ``builtins`` module, Go's predeclared identifiers, Rust's
 primitive types, prelude and standard macros) and literals are not identifiers.
 """
@@ -26,7 +30,7 @@ import functools
 import json
 import keyword
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,9 +44,11 @@ __all__ = [
     "TokenBytes",
     "TokenDocPair",
     "TokenIdentifiers",
+    "check_language",
     "find_doc_pairs",
     "find_identifiers",
     "mask_identifiers",
+    "token_annotations",
     "token_doc_pairs",
     "token_identifiers",
 ]
@@ -123,7 +129,8 @@ class DocPair:
     code: tuple[tuple[int, int], ...]
 
 
-def _check_lang(lang: str) -> str:
+def check_language(lang: str) -> str:
+    """``lang`` if it has a grammar here; else a CodemixError that says what to change."""
     if lang not in LANGUAGES:
         raise CodemixError(
             f"no tree-sitter grammar for language {lang!r}; identifier-aware objectives support {list(LANGUAGES)}. "
@@ -234,7 +241,7 @@ def _identifiers_in_tree(tree, shift: int, source: bytes, lang: str) -> list[Ide
 
 def find_identifiers(source: bytes | str, lang: str) -> list[Identifier]:
     """Every identifier occurrence in ``source`` (a document or a fragment of one), in order."""
-    lang = _check_lang(lang)
+    lang = check_language(lang)
     data = source.encode("utf-8") if isinstance(source, str) else source
     tree, shift = _parse(data, lang)
     return _identifiers_in_tree(tree, shift, data, lang)
@@ -351,7 +358,7 @@ def _pairs_in_tree(tree, shift: int, source: bytes, lang: str) -> list[DocPair]:
 
 def find_doc_pairs(source: bytes | str, lang: str) -> list[DocPair]:
     """Functions of ``source`` that carry a docstring (Python) or doc comment (Rust ``///``, Go ``//``)."""
-    lang = _check_lang(lang)
+    lang = check_language(lang)
     data = source.encode("utf-8") if isinstance(source, str) else source
     tree, shift = _parse(data, lang)
     return _pairs_in_tree(tree, shift, data, lang)
@@ -431,47 +438,20 @@ class TokenIdentifiers:
     """Identifiers of a token chunk.
 
     ``tagged``: per token, whether it overlaps an identifier (identifier-tagging labels).
-    ``occurrence``: per token, the index of the identifier occurrence it belongs to, or -1.
-    ``names``: the name of each occurrence. ``maskable``: per occurrence, whether its tokens
-    hold nothing but that identifier and whitespace, and hold no other occurrence — only
-    then can masked identifier prediction hide it without hiding anything else.
+    ``occurrence``: per token, the index of the identifier occurrence it belongs to, or -1
+    (a token shared by two occurrences belongs to the first). ``names``: the name of each
+    occurrence — its bytes, or, from :class:`codemix.data.annotations.StreamAnnotations`, a
+    64-bit key of them (equal names, equal keys). ``maskable``: per occurrence, whether its
+    tokens hold nothing but that identifier and whitespace, and hold no other occurrence —
+    only then can masked identifier prediction hide it without hiding anything else.
+    ``spans``: (occurrences, 2), the token range [start, end) each occurrence overlaps.
     """
 
     tagged: np.ndarray
     occurrence: np.ndarray
-    names: list[bytes]
+    names: list[bytes] | list[int]
     maskable: list[bool]
-
-
-def token_identifiers(ids: Sequence[int] | np.ndarray, lang: str, token_bytes: TokenBytes) -> TokenIdentifiers:
-    """Find the identifiers of a chunk of token ids of code in ``lang``."""
-    lang = _check_lang(lang)
-    data, starts, ends, segments = token_bytes.layout(ids)
-    starts_l, ends_l = starts.tolist(), ends.tolist()  # plain lists: this loop runs per identifier
-    occurrence = [-1] * len(starts_l)
-    names: list[bytes] = []
-    maskable: list[bool] = []
-    for tok_lo, tok_hi in segments:
-        base = starts_l[tok_lo]
-        seg = data[base : ends_l[tok_hi - 1]]
-        tree, shift = _parse(seg, lang)
-        for ident in _identifiers_in_tree(tree, shift, seg, lang):
-            lo = bisect.bisect_right(ends_l, base + ident.start)  # first token ending after the start
-            hi = bisect.bisect_left(starts_l, base + ident.end)  # tokens starting before the end
-            if lo >= hi:
-                continue
-            k = len(names)
-            names.append(ident.name)
-            shared = {occurrence[t] for t in range(lo, hi) if occurrence[t] >= 0}
-            for j in shared:
-                maskable[j] = False  # a token shared by two occurrences
-            outside = data[starts_l[lo] : base + ident.start] + data[base + ident.end : ends_l[hi - 1]]
-            maskable.append(not shared and not outside.strip())
-            for t in range(lo, hi):
-                if occurrence[t] < 0:
-                    occurrence[t] = k
-    occ = np.asarray(occurrence, dtype=np.int64)
-    return TokenIdentifiers(occ >= 0, occ, names, maskable)
+    spans: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -483,28 +463,96 @@ class TokenDocPair:
     code: np.ndarray
 
 
-def token_doc_pairs(ids: Sequence[int] | np.ndarray, lang: str, token_bytes: TokenBytes) -> list[TokenDocPair]:
-    """Documented functions that lie wholly inside a chunk of token ids, as token indices."""
-    lang = _check_lang(lang)
-    data, starts, ends, segments = token_bytes.layout(ids)
+class _Occurrences:
+    """Identifier occurrences of a chunk, added as byte ranges in order, mapped to the tokens that hold them."""
+
+    def __init__(self, data: bytes, starts: np.ndarray, ends: np.ndarray) -> None:
+        self.data = data
+        self.starts, self.ends = starts.tolist(), ends.tolist()  # plain lists: add() runs per identifier
+        self.occurrence = [-1] * len(self.starts)
+        self.names: list[bytes] = []
+        self.maskable: list[bool] = []
+        self.spans: list[tuple[int, int]] = []
+
+    def add(self, start: int, end: int, name: bytes) -> None:
+        lo = bisect.bisect_right(self.ends, start)  # first token ending after the start
+        hi = bisect.bisect_left(self.starts, end)  # tokens starting before the end
+        if lo >= hi:
+            return
+        k = len(self.names)
+        self.names.append(name)
+        self.spans.append((lo, hi))
+        shared = {self.occurrence[t] for t in range(lo, hi) if self.occurrence[t] >= 0}
+        for j in shared:
+            self.maskable[j] = False  # a token shared by two occurrences
+        outside = self.data[self.starts[lo] : start] + self.data[end : self.ends[hi - 1]]
+        self.maskable.append(not shared and not outside.strip())
+        for t in range(lo, hi):
+            if self.occurrence[t] < 0:
+                self.occurrence[t] = k
+
+    def result(self) -> TokenIdentifiers:
+        occ = np.asarray(self.occurrence, dtype=np.int64)
+        spans = np.asarray(self.spans, dtype=np.int64).reshape(-1, 2)
+        return TokenIdentifiers(occ >= 0, occ, self.names, self.maskable, spans)
+
+
+def _token_pairs(pairs: list[DocPair], base: int, size: int, starts: np.ndarray, ends: np.ndarray,
+                 ) -> list[TokenDocPair]:
+    """The pairs found in a segment of ``size`` bytes at byte ``base`` of the chunk, as token indices."""
+
+    def tokens(ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
+        idx = [np.arange(*_token_span(starts, ends, base + s, base + e)) for s, e in ranges]
+        return np.unique(np.concatenate(idx)) if idx else np.zeros(0, dtype=np.int64)
+
     out = []
+    for pair in pairs:
+        if pair.code[-1][1] >= size:  # may continue past the chunk
+            continue
+        doc, code = tokens(pair.doc), tokens(pair.code)
+        code = np.setdiff1d(code, doc)
+        if len(doc) and len(code):
+            out.append(TokenDocPair(pair.name, doc, code))
+    return out
+
+
+def _annotate(ids: Sequence[int] | np.ndarray, lang: str, token_bytes: TokenBytes, *, identifiers: bool,
+              doc_pairs: bool) -> tuple[TokenIdentifiers, list[TokenDocPair]]:
+    """Parse each segment of a chunk once; map what is asked for (identifiers, documented functions) to tokens."""
+    lang = check_language(lang)
+    data, starts, ends, segments = token_bytes.layout(ids)
+    found = _Occurrences(data, starts, ends)
+    pairs: list[TokenDocPair] = []
     for tok_lo, tok_hi in segments:
         base = int(starts[tok_lo])
         seg = data[base : int(ends[tok_hi - 1])]
         tree, shift = _parse(seg, lang)
-        for pair in _pairs_in_tree(tree, shift, seg, lang):
-            if pair.code[-1][1] >= len(seg):  # may continue past the chunk
-                continue
+        if identifiers:
+            for ident in _identifiers_in_tree(tree, shift, seg, lang):
+                found.add(base + ident.start, base + ident.end, ident.name)
+        if doc_pairs:
+            pairs += _token_pairs(_pairs_in_tree(tree, shift, seg, lang), base, len(seg), starts, ends)
+    return found.result(), pairs
 
-            def tokens(ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
-                idx = [np.arange(*_token_span(starts, ends, base + s, base + e)) for s, e in ranges]
-                return np.unique(np.concatenate(idx)) if idx else np.zeros(0, dtype=np.int64)
 
-            doc, code = tokens(pair.doc), tokens(pair.code)
-            code = np.setdiff1d(code, doc)
-            if len(doc) and len(code):
-                out.append(TokenDocPair(pair.name, doc, code))
-    return out
+def token_identifiers(ids: Sequence[int] | np.ndarray, lang: str, token_bytes: TokenBytes) -> TokenIdentifiers:
+    """Find the identifiers of a chunk of token ids of code in ``lang``."""
+    return _annotate(ids, lang, token_bytes, identifiers=True, doc_pairs=False)[0]
+
+
+def token_doc_pairs(ids: Sequence[int] | np.ndarray, lang: str, token_bytes: TokenBytes) -> list[TokenDocPair]:
+    """Documented functions that lie wholly inside a chunk of token ids, as token indices."""
+    return _annotate(ids, lang, token_bytes, identifiers=False, doc_pairs=True)[1]
+
+
+def token_annotations(ids: Sequence[int] | np.ndarray, lang: str, token_bytes: TokenBytes,
+                      ) -> tuple[TokenIdentifiers, list[TokenDocPair]]:
+    """:func:`token_identifiers` and :func:`token_doc_pairs` of a chunk, from one parse of each segment.
+
+    Segments (the documents of a stream, split at ``<eos>``) are parsed one at a time, so
+    a chunk of many documents needs memory for one parse tree only.
+    """
+    return _annotate(ids, lang, token_bytes, identifiers=True, doc_pairs=True)
 
 
 # ----------------------------------------------------------------------------- masked identifier prediction
@@ -517,7 +565,7 @@ def mask_identifiers(
     sentinels: Sequence[int],
     eos_id: int,
     max_target: int,
-) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+) -> tuple[np.ndarray, np.ndarray, list[Hashable]]:
     """Masked identifier prediction (CodeT5 §3.2, MIP): hide every identifier, one sentinel per name.
 
     Each distinct identifier (in order of first appearance) gets the next sentinel; every
@@ -530,11 +578,11 @@ def mask_identifiers(
     """
     tokens = np.asarray(tokens, dtype=np.int64)
     bad = {name for name, ok in zip(found.names, found.maskable) if not ok}
-    first: dict[bytes, int] = {}  # name -> first occurrence
+    first: dict[Hashable, int] = {}  # name -> first occurrence
     for k, name in enumerate(found.names):
         if name not in bad and name not in first:
             first[name] = k
-    sentinel_of: dict[bytes, int] = {}
+    sentinel_of: dict[Hashable, int] = {}
     targets: list[int] = []
     for name, k in first.items():
         name_tokens = tokens[found.occurrence == k].tolist()

@@ -73,14 +73,20 @@ def tokenizer_job(ctx: JobContext) -> None:
 def stream_job(ctx: JobContext) -> None:
     """Tokenize one source: the job directory is the stream (``heldout/`` inside it).
 
+    In a t5 study a code stream is also annotated (``annotations/`` inside it).
+
     The stream builder keeps committed chunks beside ``ctx.out`` (``.<dir>.partial``), so a
     killed tokenization resumes where it stopped.
     """
+    from codemix.data.annotations import build_annotations
     from codemix.data.streams import build_stream
 
     source = ctx.cfg.source(ctx.job.key["source"]["name"])
-    build_stream(source, ctx.cfg.data, ctx.input("tokenizer") / TOKENIZER_FILE, ctx.out,
-                 budget_tokens=int(ctx.job.key["budget_tokens"]), progress=False)
+    tokenizer_path = ctx.input("tokenizer") / TOKENIZER_FILE
+    build_stream(source, ctx.cfg.data, tokenizer_path, ctx.out, budget_tokens=int(ctx.job.key["budget_tokens"]),
+                 progress=False)
+    if ctx.job.key.get("annotate"):  # a t5 study: identifiers for CodeT5's objectives
+        build_annotations(ctx.out, source.lang, tokenizer_path, workers=ctx.cfg.data.workers or None, progress=False)
 
 
 def mixture_job(ctx: JobContext) -> None:

@@ -258,6 +258,14 @@ def mixture_variants(cfg: StudyConfig) -> list[tuple[str, float, bool]]:
     return out
 
 
+def _annotated(cfg: StudyConfig, source_name: str) -> bool:
+    """Whether a source's stream gets identifier annotations: code with a grammar, in a t5 study."""
+    from codemix.objectives.identifiers import LANGUAGES
+
+    source = cfg.source(source_name)
+    return cfg.model.arch == "t5" and source.code and source.lang in LANGUAGES
+
+
 def _stream_budgets(cfg: StudyConfig) -> dict[str, int]:
     """Training tokens each stream must hold: the most any mixture of the study takes from it."""
     from codemix.data.mixture import MixtureSpec, source_targets
@@ -301,8 +309,12 @@ def plan_study(cfg: StudyConfig, root: str | Path | None = None) -> Plan:
     for name in all_sources:
         key = {**_source_key(cfg, name), "heldout_docs": d.heldout_docs, "shuffle_seed": d.shuffle_seed,
                "budget_tokens": budgets[name]}
+        annotate = _annotated(cfg, name)
+        if annotate:  # CodeT5's objectives read identifier annotations of the stream (4-8 bytes a token)
+            key["annotate"] = True
         streams[name] = add(Job.create("stream", name, "codemix.study.jobs:stream_job", key,
-                                       {"tokenizer": tokenizer}, disk_bytes=budgets[name] * (token_bytes + 0.1)))
+                                       {"tokenizer": tokenizer},
+                                       disk_bytes=budgets[name] * (token_bytes + 0.1 + (8 if annotate else 0))))
 
     # mixtures, keyed by content so identical mixtures (all m=0 variants) are one job
     code_w, lang_w = _weights(cfg, code=True), _weights(cfg, code=False)
