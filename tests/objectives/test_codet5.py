@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 
@@ -39,10 +38,11 @@ def test_code_rows_draw_code_objectives_and_text_rows_get_span_corruption(t5_stu
         examples = task.examples(batch, step)
         for source, example in zip(batch["source"].tolist(), examples):
             seen[OBJECTIVES[example.objective]] += 1
+            assert example.inputs[-1] == task.vocab.eos  # every encoder input ends like T5's
             if not is_code[source]:
                 assert example.objective == SPAN
             if example.objective == TAGGING:
-                assert len(example.inputs) == SEQ_LEN and example.tags is not None and example.targets is None
+                assert len(example.inputs) == SEQ_LEN + 1 and example.tags is not None and example.targets is None
                 assert 0 < example.tags.mean() < 1
             else:
                 assert example.targets is not None and len(example.targets) <= cfg.pretrain.objectives.target_len
@@ -51,6 +51,33 @@ def test_code_rows_draw_code_objectives_and_text_rows_get_span_corruption(t5_stu
     batch = next(batches)
     a, b = task.examples(batch, 3), task.examples(batch, 3)
     assert all(np.array_equal(x.inputs, y.inputs) for x, y in zip(a, b))
+
+
+def test_bound_streams_give_code_rows_their_precomputed_annotations(t5_study, monkeypatch):
+    """With the data stage's annotations bound, a training step never runs tree-sitter."""
+    from codemix.data.annotations import StreamAnnotations
+    from codemix.data.loader import MixtureLoader
+    from codemix.objectives import codet5
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("a training row was parsed despite its stream's annotations")
+
+    monkeypatch.setattr(codet5, "token_identifiers", no_parsing)
+    monkeypatch.setattr(codet5, "token_doc_pairs", no_parsing)
+    cfg, layout = t5_study
+    task = _task(t5_study, bimodal=1.0)
+    loader = MixtureLoader(layout.mixture_dir("competitive", 0.5), batch_size=16, seed=0, with_sources=True)
+    task.bind_streams([stream.dir for stream in loader.streams])
+    seen = set()
+    for step, batch in zip(range(40), loader):
+        rows = zip(batch["source"].tolist(), batch["offset"].tolist(), batch["tokens"], task.examples(batch, step))
+        for source, lo, tokens, example in rows:
+            seen.add(example.objective)
+            if example.objective == TAGGING:
+                window = StreamAnnotations(loader.streams[source].dir).identifiers(lo, lo + SEQ_LEN)
+                assert np.array_equal(example.tags, window.tagged.astype(np.int64))
+                assert np.array_equal(example.inputs[:-1], tokens.numpy())
+    assert seen == {SPAN, TAGGING, MASKED_IDENTIFIER, BIMODAL}
 
 
 def test_collate_pads_only_where_lengths_differ(t5_study):
@@ -166,16 +193,16 @@ def test_codemix_train_and_export_for_arch_t5(t5_study, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(study), "--setting", "competitive", "--m", "0.5", "--out", str(run)]) == 0
     ckpt = latest_checkpoint(run)
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(ckpt)
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == str(ckpt)
+    assert "parsed with tree-sitter at every step" not in captured.err  # the data stage annotated the code
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     train_lines = [r for r in log if "kind" not in r]
     assert [r["step"] for r in train_lines] == list(range(1, 7))
     assert all(set(OBJECTIVES) <= set(r) for r in train_lines)
-    from codemix.data.loader import MixtureLoader
-
-    if "with_sources" in inspect.signature(MixtureLoader).parameters:  # code rows get code objectives
-        code_objectives = [r[k] for r in train_lines for k in ("identifier_tagging", "masked_identifier")]
-        assert any(math.isfinite(v) for v in code_objectives)
+    # code rows get code objectives (a step without any logs null)
+    code_objectives = [r[k] for r in train_lines for k in ("identifier_tagging", "masked_identifier")]
+    assert any(v is not None and math.isfinite(v) for v in code_objectives)
     assert {r["source"] for r in log if r.get("kind") == "eval"} == {"c4", "python", "rust", "go"}
     saved = json.loads((ckpt / "config.json").read_text())["codemix"]
     assert saved["arch"] == "t5" and saved["model"]["d_model"] == 64

@@ -36,8 +36,9 @@ class MixtureLoader:
 
     Iterating runs to the end of the current epoch (``batches_per_epoch`` global batches);
     iterating again continues with the next epoch. With ``with_sources`` each batch is
-    ``{"tokens": (B, T), "source": (B,)}``, source ids in ``mixture.json["sources"]`` order
-    (= ``data.sources`` order).
+    ``{"tokens": (B, T), "source": (B,), "offset": (B,)}``: source ids in
+    ``mixture.json["sources"]`` order (= ``data.sources`` order) and each row's start in the
+    stream of its source (:attr:`streams`).
     """
 
     def __init__(self, mixture_dir: str | Path, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
@@ -96,8 +97,13 @@ class MixtureLoader:
             if self.batch == self.batches_per_epoch:
                 self.epoch, self.batch = epoch + 1, 0
             tokens = torch.from_numpy(out)
-            # objectives that treat code and text differently need each sequence's source
-            yield {"tokens": tokens, "source": torch.from_numpy(rows[:, 0].copy())} if self.with_sources else tokens
+            if not self.with_sources:
+                yield tokens
+                continue
+            # objectives that treat code and text differently need each sequence's source, and
+            # where it starts in that source's stream to find the stream's annotations
+            yield {"tokens": tokens, "source": torch.from_numpy(rows[:, 0].copy()),
+                   "offset": torch.from_numpy(rows[:, 1].astype(np.int64))}
 
     def state_dict(self) -> dict[str, int]:
         """Where iteration stands: the next batch to yield. Save it with the checkpoint."""

@@ -18,8 +18,11 @@ sequence for which the drawn objective has nothing to work on (no identifier tha
 masked cleanly, no complete documented function) falls back to span corruption.
 
 The task needs to know each sequence's source: training batches are
-``{"tokens": (B, L), "source": (B,)}`` (``MixtureLoader(..., with_sources=True)``, asked for
-through :attr:`CodeT5Task.needs_sources`). A plain ``(B, L)`` tensor — the held-out
+``{"tokens": (B, L), "source": (B,), "offset": (B,)}`` (``MixtureLoader(..., with_sources=True)``,
+asked for through :attr:`CodeT5Task.needs_sources`). The offset (where the row starts in its
+stream) locates the row in the identifier annotations that the data stage precomputed for
+each code stream (:mod:`codemix.data.annotations`), so no training step runs tree-sitter.
+A plain ``(B, L)`` tensor — the held-out
 evaluation, which scores every source separately — gets span corruption only, with the
 same masks at every evaluation so that held-out losses are comparable across steps.
 
@@ -40,12 +43,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from codemix.errors import ConfigError
+from codemix.errors import ConfigError, DataError
 from codemix.objectives.bimodal import DIRECTIONS, dual_generation
-from codemix.objectives.identifiers import LANGUAGES, TokenBytes, mask_identifiers, token_doc_pairs, token_identifiers
+from codemix.objectives.identifiers import (
+    LANGUAGES,
+    TokenBytes,
+    TokenDocPair,
+    TokenIdentifiers,
+    mask_identifiers,
+    token_doc_pairs,
+    token_identifiers,
+)
 from codemix.objectives.span_corruption import corruption_lengths, span_corrupt_batch
 
-__all__ = ["OBJECTIVES", "CodeT5Task", "Example", "build_examples", "collate"]
+__all__ = ["OBJECTIVES", "CodeT5Task", "Example", "RowAnnotator", "build_examples", "collate"]
 
 #: Objective names, in index order (keys of the loss dict and fields of ObjectivesConfig).
 OBJECTIVES = ("span_corruption", "identifier_tagging", "masked_identifier", "bimodal")
@@ -71,13 +82,40 @@ class Vocab:
     sentinels: tuple[int, ...]
 
 
+class RowAnnotator:
+    """Identifiers and documented functions of each code row of a ``(B, L)`` batch.
+
+    Where the stream of a row was annotated in the data stage (``windows[i]`` = its
+    :class:`~codemix.data.annotations.StreamAnnotations` and the row's start offset), this
+    slices the precomputed arrays; otherwise it parses the row with tree-sitter, a few
+    milliseconds a row — fine for tests and held-out evaluation, too slow for a GPU step.
+    """
+
+    def __init__(self, tokens: np.ndarray, langs: Sequence[str | None], token_bytes: TokenBytes | None,
+                 windows: Sequence[tuple[Any, int] | None] | None = None):
+        self.tokens, self.langs, self.token_bytes = tokens, langs, token_bytes
+        self.windows = windows or [None] * len(tokens)
+
+    def identifiers(self, i: int) -> TokenIdentifiers:
+        if self.windows[i] is not None:
+            annotations, lo = self.windows[i]
+            return annotations.identifiers(lo, lo + self.tokens.shape[1])
+        return token_identifiers(self.tokens[i], self.langs[i], self.token_bytes)
+
+    def doc_pairs(self, i: int) -> list[TokenDocPair]:
+        if self.windows[i] is not None:
+            annotations, lo = self.windows[i]
+            return annotations.doc_pairs(lo, lo + self.tokens.shape[1])
+        return token_doc_pairs(self.tokens[i], self.langs[i], self.token_bytes)
+
+
 def build_examples(
     tokens: np.ndarray,
     langs: Sequence[str | None],
     *,
     weights: Sequence[float],
     vocab: Vocab,
-    token_bytes: TokenBytes | None,
+    rows: RowAnnotator | None,
     noise_density: float,
     mean_span: float,
     target_len: int,
@@ -85,27 +123,29 @@ def build_examples(
 ) -> list[Example]:
     """One example per row of ``tokens`` (B, L); ``langs[i]`` is row i's code language, None for text.
 
-    ``weights`` (one per :data:`OBJECTIVES`) are the sampling weights of a code row's objective.
+    ``weights`` (one per :data:`OBJECTIVES`) are the sampling weights of a code row's objective;
+    ``rows`` finds the identifiers and documented functions of code rows (None: no code rows).
+    Every encoder input ends with ``<eos>``, as T5's (and the evaluation handle's) do.
     """
     probs = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
     tokens = np.asarray(tokens, dtype=np.int64)
     drawn = rng.choice(len(OBJECTIVES), size=len(tokens), p=probs)
     out: list[Example | None] = []
-    for row, lang, objective in zip(tokens, langs, drawn.tolist()):
+    for i, (row, lang, objective) in enumerate(zip(tokens, langs, drawn.tolist())):
         objective = objective if lang is not None else SPAN
         example = None
         if objective == TAGGING:
-            found = token_identifiers(row, lang, token_bytes)
+            found = rows.identifiers(i)
             if found.tagged.any():
                 example = Example(TAGGING, row.copy(), tags=found.tagged.astype(np.int64))
         elif objective == MASKED_IDENTIFIER:
-            found = token_identifiers(row, lang, token_bytes)
+            found = rows.identifiers(i)
             inputs, targets, names = mask_identifiers(row, found, sentinels=vocab.sentinels, eos_id=vocab.eos,
                                                       max_target=target_len)
             if names:
                 example = Example(MASKED_IDENTIFIER, inputs, targets=targets)
         elif objective == BIMODAL:
-            pairs = token_doc_pairs(row, lang, token_bytes)
+            pairs = rows.doc_pairs(i)
             if pairs:
                 pair = pairs[int(rng.integers(len(pairs)))]
                 direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
@@ -118,7 +158,8 @@ def build_examples(
                                              noise_density=noise_density, mean_span=mean_span, rng=rng)
         for i, x, y in zip(span_rows, inputs, targets):
             out[i] = Example(SPAN, x, targets=y)
-    return out  # type: ignore[return-value]
+    # tags keep the row's length: the <eos> position is padded with -100 (not trained) by collate
+    return [Example(e.objective, np.append(e.inputs, vocab.eos), e.targets, e.tags) for e in out]
 
 
 def collate(examples: Sequence[Example], *, pad_id: int) -> dict[str, torch.Tensor]:
@@ -152,8 +193,10 @@ class CodeT5Task:
     """CodeT5 pretraining (docs/interfaces.md, "pretraining task") for ``model.arch: t5``."""
 
     arch = "t5"
-    #: Training batches must carry each sequence's source id (``{"tokens", "source"}``).
+    #: Training batches must carry each sequence's source id (``{"tokens", "source", "offset"}``).
     needs_sources = True
+    #: Inputs are built on the CPU: ``run_loop`` hands over CPU batches (see LoopSpec.batches_to_device).
+    cpu_batches = True
 
     def __init__(self, cfg: Any, *, tokenizer_path: str | Path):
         from codemix.data.tokenizer import EOS, PAD, SENTINELS, load_tokenizer
@@ -189,6 +232,31 @@ class CodeT5Task:
         # Drawn from the global RNG that train() seeds, so masks depend on the run's seed only.
         self.seed = int(np.random.randint(0, 2**31 - 1))
         self._warned = False
+        self._annotations: list[Any] = [None] * len(self.langs)  # source id -> StreamAnnotations, see bind_streams
+
+    def bind_streams(self, stream_dirs: Sequence[str | Path]) -> None:
+        """Use the data stage's identifier annotations of the training streams (source-id order).
+
+        ``codemix mix`` annotates every code stream of a t5 study
+        (:func:`codemix.data.annotations.build_annotations`); with them a training step slices
+        arrays instead of parsing each code row. A stream without them is parsed row by row,
+        with a warning, since that is correct but slow.
+        """
+        from codemix.data.annotations import StreamAnnotations
+
+        missing = []
+        for sid, (lang, stream_dir) in enumerate(zip(self.langs, stream_dirs)):
+            if lang is None:
+                continue
+            try:
+                self._annotations[sid] = StreamAnnotations(stream_dir)
+            except DataError as e:
+                missing.append(str(e))
+        if missing:
+            from rich.console import Console
+
+            Console(stderr=True).print("[yellow]warning:[/yellow] code rows of these streams are parsed with "
+                                       "tree-sitter at every step (slow): " + "; ".join(missing))
 
     def build_model(self) -> nn.Module:
         from codemix.models.t5 import CodeT5
@@ -199,9 +267,14 @@ class CodeT5Task:
         return dict(self.config)
 
     def examples(self, batch: Any, step: int, *, training: bool = True) -> list[Example]:
-        """The examples of a batch (``{"tokens", "source"}``, ``(tokens, source)`` or a tokens tensor)."""
+        """The examples of a batch: ``{"tokens", "source"[, "offset"]}``, ``(tokens, source)`` or a tokens tensor.
+
+        ``offset`` (each row's start in its stream, from the loader) lets code rows use the
+        stream's precomputed annotations (:meth:`bind_streams`).
+        """
+        offsets = None
         if isinstance(batch, dict):
-            tokens, sources = batch["tokens"], batch.get("source")
+            tokens, sources, offsets = batch["tokens"], batch.get("source"), batch.get("offset")
         elif isinstance(batch, (tuple, list)):
             tokens, sources = batch
         else:
@@ -216,11 +289,17 @@ class CodeT5Task:
                 self._warned = True
             langs: list[str | None] = [None] * len(tokens)
         else:
-            langs = [self.langs[int(s)] for s in sources.detach().cpu().tolist()]
+            source_ids = sources.detach().cpu().tolist()
+            langs = [self.langs[s] for s in source_ids]
+        windows = None
+        if sources is not None and offsets is not None:
+            windows = [None if self._annotations[s] is None else (self._annotations[s], int(lo))
+                       for s, lo in zip(source_ids, offsets.detach().cpu().tolist())]
         salt = int(tokens[:, :16].sum()) % (2**32)  # tells the micro-batches of one step apart
         # evaluation: the same objectives and masks for a batch at every step, so losses compare
         rng = np.random.default_rng([self.seed, step if training else 0xE7A1, salt])
-        return build_examples(tokens, langs, weights=self.weights, vocab=self.vocab, token_bytes=self.token_bytes,
+        rows = RowAnnotator(tokens, langs, self.token_bytes, windows)
+        return build_examples(tokens, langs, weights=self.weights, vocab=self.vocab, rows=rows,
                               noise_density=self.objectives.noise_density, mean_span=self.objectives.mean_span,
                               target_len=self.objectives.target_len, rng=rng)
 
@@ -229,6 +308,8 @@ class CodeT5Task:
         device = next(model.parameters()).device
         tensors = collate(examples, pad_id=self.vocab.pad)
         counts = torch.bincount(tensors["objective"], minlength=len(OBJECTIVES))  # rows per objective, on the CPU
+        if device.type == "cuda":  # pinned: the copy runs behind the GPU's queue instead of waiting for it
+            tensors = {k: v.pin_memory() for k, v in tensors.items()}
         out = model(**{k: v.to(device, non_blocking=True) for k, v in tensors.items()}, n_objectives=len(OBJECTIVES))
         per_objective = out["seq2seq"].clone()
         per_objective[TAGGING] = out["tagging"]

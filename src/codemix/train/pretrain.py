@@ -227,6 +227,10 @@ class LoopSpec:
     log_every: int = 10
     eval_every: int | None = None
     checkpoint_every: int | None = None
+    batches_to_device: bool = True
+    """Move each micro-batch to the device before ``loss_fn``. False for a task that builds its
+    inputs on the CPU (CodeT5's objectives): a batch sent to the GPU only to be copied back
+    would make every step wait for the previous one to finish."""
 
 
 @dataclass
@@ -319,7 +323,8 @@ def run_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterab
             micro_batches = _split(batch, spec.accum_steps)
             totals: dict[str, torch.Tensor] = {}
             for i, micro in enumerate(micro_batches):
-                micro = _to_device(micro, ctx.device)
+                if spec.batches_to_device:
+                    micro = _to_device(micro, ctx.device)
                 with no_sync(model, skip=i < len(micro_batches) - 1), autocast:
                     out = loss_fn(model, micro, step)
                 (out["loss"] / len(micro_batches)).backward()
@@ -699,6 +704,8 @@ def train(cfg: Any, *, mixture_dir: str | Path, heldout: dict[str, Path], tokeni
     extra = {"with_sources": True} if needs_sources and loader_takes_sources else {}
     loader = MixtureLoader(mixture_dir, batch_size=p.batch_size, seed=seed, rank=ctx.rank, world_size=ctx.world_size,
                            **extra)
+    if hasattr(task, "bind_streams"):  # e.g. CodeT5's precomputed identifier annotations
+        task.bind_streams([stream.dir for stream in loader.streams])
     tokens_per_step = p.batch_size * cfg.data.seq_len
     total = _resolve_budget(p, batches_per_epoch=loader.batches_per_epoch, tokens_per_step=tokens_per_step)
     if total > loader.batches_per_epoch and ctx.is_main:
@@ -745,7 +752,8 @@ def train(cfg: Any, *, mixture_dir: str | Path, heldout: dict[str, Path], tokeni
     spec = LoopSpec(total_steps=total, accum_steps=accum, grad_clip=p.grad_clip, amp_dtype=amp_dtype,
                     lr=lambda step: lr_at(step, warmup=p.warmup_steps, total=total, lr=p.lr, min_ratio=p.min_lr_ratio),
                     log_every=p.log_every, eval_every=p.eval_every if evaluator.batches else None,
-                    checkpoint_every=p.checkpoint_every)
+                    checkpoint_every=p.checkpoint_every,
+                    batches_to_device=not getattr(task, "cpu_batches", False))
     run_loop(model, optimizer, loader, task.loss, spec=spec, state=state, ctx=ctx, logger=logger,
              eval_fn=evaluator, checkpoint_fn=checkpoint)
     return saved_paths[-1] if saved_paths else _step_dir(ckpt_root, state.step)
