@@ -70,3 +70,19 @@ def test_a_tagging_only_batch_still_reaches_every_parameter():
                 objective=torch.tensor([1, 1]), n_objectives=4)
     (out["tagging"] + out["seq2seq"].sum()).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_forward_traces_as_one_graph_for_torch_compile():
+    """A batch mixing every objective (a tagging row without targets included) compiles without breaks."""
+    model = CodeT5(_config())
+    input_ids = torch.randint(3, 300, (4, 16))
+    labels = torch.randint(3, 300, (4, 6))
+    labels[1] = -100  # the tagging row
+    tags = torch.full_like(input_ids, -100)
+    tags[1] = torch.randint(0, 2, (16,))
+    explanation = torch._dynamo.explain(model)(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                               labels=labels, tags=tags, objective=torch.tensor([0, 1, 2, 3]),
+                                               n_objectives=4)
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

@@ -11,8 +11,9 @@ Presets follow the CodeT5 releases (``Salesforce/codet5-small``, ``-base``): the
 embedding matrix, and so the count, follows ``data.tokenizer.vocab_size``.
 
 Every pretraining objective goes through *one* call of :meth:`CodeT5.forward` per
-micro-batch (one encoder pass, the tagging head, one decoder pass over the rows that have
-targets), so DDP/FSDP see a single forward and every parameter takes part in it.
+micro-batch (one encoder pass, the tagging head, one decoder pass over every row), so
+DDP/FSDP see a single forward, every parameter takes part in it, and ``torch.compile``
+traces it as one graph.
 """
 
 from __future__ import annotations
@@ -88,38 +89,35 @@ class CodeT5(nn.Module):
         """Per-objective mean losses for one batch.
 
         input_ids, attention_mask: (B, T) encoder inputs. labels: (B, S) decoder targets, -100
-        where none (a row with no target at all skips the decoder). tags: (B, T) identifier
-        labels in {0, 1}, -100 where not trained. objective: (B,) the objective index of each
-        row. Returns ``{"seq2seq": (n_objectives,), "tagging": scalar, "counts": ...}``: the mean
-        target-token cross-entropy of each objective's rows (0 where it has none), the mean
-        tagging loss, and the number of target tokens per objective.
+        where none (a tagging row has no target at all). tags: (B, T) identifier labels in
+        {0, 1}, -100 where not trained. objective: (B,) the objective index of each row.
+        Returns ``{"seq2seq": (n_objectives,), "tagging": scalar, "counts": (n_objectives,)}``:
+        the mean target-token cross-entropy of each objective's rows (0 where it has none), the
+        mean tagging loss (0 without tagged tokens), and the number of target tokens per objective.
+
+        There is no data-dependent branch or indexing: the decoder runs on every row (a row
+        without targets adds nothing to the sums), and masked sums replace boolean selection.
+        So ``torch.compile`` traces one graph whose shapes depend only on (B, T, S), and every
+        parameter is in the graph of every batch, as DDP needs.
         """
         from transformers.modeling_outputs import BaseModelOutput
 
         hidden = self.t5.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, d)
         tag_logits = self.tagger(hidden).squeeze(-1).float()  # (B, T)
-        tagged = tags >= 0
-        tagging = (F.binary_cross_entropy_with_logits(tag_logits[tagged], tags[tagged].float())
-                   if tagged.any() else tag_logits.sum() * 0.0)  # keep the head in the graph (DDP)
+        tagged = (tags >= 0).float()
+        tag_loss = F.binary_cross_entropy_with_logits(tag_logits, tags.clamp(min=0).float(), reduction="none")
+        tagging = (tag_loss * tagged).sum() / tagged.sum().clamp(min=1)
 
-        seq2seq = torch.zeros(n_objectives, device=hidden.device)
-        counts = torch.zeros(n_objectives, device=hidden.device)
-        rows = (labels >= 0).any(dim=1)
-        if rows.any():
-            sub_labels = labels[rows]
-            out = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[rows]),
-                          attention_mask=attention_mask[rows], decoder_input_ids=self._shift_right(sub_labels))
-            logits = out.logits.float()  # (R, S, V): softmax in float32 under bf16 autocast
-            token_loss = F.cross_entropy(logits.flatten(0, 1), sub_labels.flatten(), ignore_index=-100,
-                                         reduction="none").view_as(sub_labels)  # (R, S)
-            valid = (sub_labels >= 0).float()
-            row_obj = objective[rows]
-            sums = torch.zeros(n_objectives, device=hidden.device).index_add(0, row_obj, (token_loss * valid).sum(1))
-            counts = counts.index_add(0, row_obj, valid.sum(1))
-            seq2seq = sums / counts.clamp(min=1)
-        else:  # keep the decoder in the graph (DDP)
-            seq2seq = seq2seq + sum(p.sum() for p in self.t5.decoder.parameters()) * 0.0
-        return {"seq2seq": seq2seq, "tagging": tagging, "counts": counts}
+        out = self.t5(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=attention_mask,
+                      decoder_input_ids=self._shift_right(labels), use_cache=False)
+        logits = out.logits.float()  # (B, S, V): softmax in float32 under bf16 autocast
+        token_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                     reduction="none").view_as(labels)  # (B, S), 0 where ignored
+        valid = (labels >= 0).float()
+        zeros = torch.zeros(n_objectives, device=hidden.device)
+        sums = zeros.index_add(0, objective, token_loss.sum(1))
+        counts = zeros.index_add(0, objective, valid.sum(1))
+        return {"seq2seq": sums / counts.clamp(min=1), "tagging": tagging, "counts": counts}
 
 
 def to_hf(ckpt_dir: str | Path):
