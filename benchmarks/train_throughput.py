@@ -33,7 +33,6 @@ import torch
 
 from codemix.models.export import llama_config
 from codemix.models.gpt import GPT, PRESETS, GPTConfig
-from codemix.objectives.causal import causal_lm_loss
 
 H100_BF16_PEAK = 989e12
 
@@ -79,12 +78,12 @@ class Trainer:
         return seen / (time.perf_counter() - t0)
 
 
-def causal_loss_of(forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device):
-    """``loss_of`` for a decoder: next-token loss of ``forward`` (tokens -> logits) on each row."""
+def causal_loss_of(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device):
+    """``loss_of`` for a decoder: ``loss(inputs, targets)`` is the model's own next-token loss."""
 
     def loss_of(tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
         tokens = tokens.to(device, non_blocking=True)
-        return causal_lm_loss(forward(tokens[:, :-1]), tokens[:, 1:]), tokens[:, 1:].numel()
+        return loss(tokens[:, :-1], tokens[:, 1:].contiguous()), tokens[:, 1:].numel()
 
     return loss_of
 
@@ -132,10 +131,12 @@ def bench_gpt(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     hf = LlamaForCausalLM._from_config(llama_config(cfg), attn_implementation="sdpa").to(device)
     ours_fn = torch.compile(ours) if compile_ else ours
     hf_fn = torch.compile(hf) if compile_ else hf
+    # Both compute the loss inside the compiled forward, each library's own training path
+    # (HF: labels=...; shift_labels says they are already shifted, as codemix's targets are).
+    hf_loss = lambda x, y: hf_fn(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss  # noqa: E731
     trainers = {
         "codemix": Trainer(ours, causal_loss_of(ours_fn, device), device=device),
-        "hf_llama": Trainer(hf, causal_loss_of(lambda x: hf_fn(input_ids=x, use_cache=False).logits, device),
-                            device=device),
+        "hf_llama": Trainer(hf, causal_loss_of(hf_loss, device), device=device),
     }
     tps = compare(trainers, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab,
                   steps=args.steps, warmup=args.warmup, rounds=args.rounds)
@@ -180,12 +181,12 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
 
     def codemix_batch(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         examples = build_examples(tokens.numpy(), [None] * len(tokens), weights=[1, 0, 0, 0], vocab=vocab,
-                                  token_bytes=None, noise_density=0.15, mean_span=3.0,
+                                  rows=None, noise_density=0.15, mean_span=3.0,
                                   target_len=lengths.target_len, rng=rng)
         return collate(examples, pad_id=vocab.pad)
 
     def hf_batch(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"input_ids": tokens[:, :lengths.input_len].contiguous(),
+        return {"input_ids": tokens[:, :lengths.input_len + 1].contiguous(),  # + <eos>, as codemix's
                 "labels": tokens[:, :lengths.target_len].contiguous()}
 
     torch.manual_seed(0)
@@ -208,7 +209,7 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "train_throughput", "preset": preset, "device": _device_name(device),
         "torch": torch.__version__, "compile": compile_, "precision": "bf16" if device.type == "cuda" else "fp32",
         "batch_size": args.batch_size, "seq_len": args.seq_len, "vocab_size": args.vocab,
-        "encoder_len": lengths.input_len, "decoder_len": lengths.target_len,
+        "encoder_len": lengths.input_len + 1, "decoder_len": lengths.target_len,
         "params": sum(p.numel() for p in ours.t5.parameters()),
         **{name: {"tokens_per_s": round(v, 1), "mfu": None} for name, v in tps.items()},
         "ratio": round(tps["codemix"] / tps["hf_t5"], 3),
@@ -228,7 +229,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 #: Defaults per preset where they differ from the CPU-friendly ones: (batch_size, seq_len, vocab).
 GPU_SHAPES = {"124m": (16, 1024, 32768), "t5-large-dec": (16, 1024, 32768), "20m": (32, 1024, 32768),
-              "codet5-small": (32, 568, 32768), "codet5-base": (32, 568, 32768)}  # t5: encoder 511, decoder 114
+              "codet5-small": (32, 568, 32768), "codet5-base": (32, 568, 32768)}  # t5: encoder 512, decoder 114
 
 
 def main(argv: list[str] | None = None) -> int:

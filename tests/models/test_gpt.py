@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from codemix.config import ModelConfig, validate_study
 from codemix.errors import ConfigError
@@ -93,10 +94,23 @@ def test_unknown_arch_in_task_registry():
         TASKS["rnn"]
 
 
-def test_forward_traces_as_one_graph_for_torch_compile():
+@pytest.mark.parametrize("with_targets", [False, True])
+def test_forward_traces_as_one_graph_for_torch_compile(with_targets):
     """torch.compile is on by default on CUDA; a graph break there would cost throughput silently."""
     model = GPT(GPTConfig(vocab_size=512, **PRESETS["tiny"]))
-    explanation = torch._dynamo.explain(model)(torch.randint(0, 512, (2, 32)))
+    tokens = torch.randint(0, 512, (2, 33))
+    args = (tokens[:, :-1], tokens[:, 1:]) if with_targets else (tokens[:, :-1],)
+    explanation = torch._dynamo.explain(model)(*args)
     torch._dynamo.reset()
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_forward_with_targets_is_the_mean_next_token_cross_entropy():
+    model = GPT(GPTConfig(vocab_size=512, **PRESETS["tiny"]))
+    tokens = torch.randint(0, 512, (3, 17))
+    targets = tokens[:, 1:].clone()
+    targets[0, :4] = -100  # ignored positions
+    logits = model(tokens[:, :-1])
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(model(tokens[:, :-1], targets), expected)

@@ -238,7 +238,15 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V); with ``targets`` (B, T), the mean next-token cross-entropy instead.
+
+        The loss is computed here, not by the caller, so that under ``torch.compile`` it is
+        part of the model's graph: the float32 upcast, log-softmax and loss fuse into the
+        kernels that read the logits, instead of materializing a float32 copy of a
+        (B, T, V) tensor — at a 32K vocabulary, the largest activation of a small model.
+        Targets of -100 are ignored.
+        """
         B, T = idx.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_seq_len={self.cfg.max_seq_len}")
@@ -246,7 +254,10 @@ class GPT(nn.Module):
         x = self.embed(idx)  # (B, T, d)
         for block in self.blocks:
             x = block(x, cos, sin)
-        return self.lm_head(self.norm(x))  # (B, T, V)
+        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
 
     def num_params(self, *, non_embedding: bool = False) -> int:
         """Parameter count (shared tensors once); ``non_embedding`` leaves out the token embedding."""

@@ -6,17 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from codemix.models.gpt import GPT, GPTConfig, config_from_model_config
 
-__all__ = ["CausalLMTask", "causal_lm_loss"]
-
-
-def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; the softmax runs in float32 even under bf16 autocast."""
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+__all__ = ["CausalLMTask"]
 
 
 class CausalLMTask:
@@ -42,8 +36,8 @@ class CausalLMTask:
         return GPT(self.config)
 
     def loss(self, model: nn.Module, tokens: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        logits = model(tokens[:, :-1])  # (B, T-1, V)
-        return {"loss": causal_lm_loss(logits, tokens[:, 1:])}
+        # the model computes the loss itself, inside its compiled graph (GPT.forward)
+        return {"loss": model(tokens[:, :-1], tokens[:, 1:])}
 
     def model_config(self) -> dict[str, Any]:
         return self.config.to_dict()
