@@ -42,7 +42,7 @@ def test_code_rows_draw_code_objectives_and_text_rows_get_span_corruption(t5_stu
             if not is_code[source]:
                 assert example.objective == SPAN
             if example.objective == TAGGING:
-                assert len(example.inputs) == SEQ_LEN + 1 and example.tags is not None and example.targets is None
+                assert len(example.inputs) <= SEQ_LEN and example.tags is not None and example.targets is None
                 assert 0 < example.tags.mean() < 1
             else:
                 assert example.targets is not None and len(example.targets) <= cfg.pretrain.objectives.target_len
@@ -75,12 +75,14 @@ def test_bound_streams_give_code_rows_their_precomputed_annotations(t5_study, mo
             seen.add(example.objective)
             if example.objective == TAGGING:
                 window = StreamAnnotations(loader.streams[source].dir).identifiers(lo, lo + SEQ_LEN)
-                assert np.array_equal(example.tags, window.tagged.astype(np.int64))
-                assert np.array_equal(example.inputs[:-1], tokens.numpy())
+                width = len(example.tags)  # the start of the row that fits span corruption's input length
+                assert width == len(example.inputs) - 1 < SEQ_LEN
+                assert np.array_equal(example.tags, window.tagged[:width].astype(np.int64))
+                assert np.array_equal(example.inputs[:-1], tokens.numpy()[:width])
     assert seen == {SPAN, TAGGING, MASKED_IDENTIFIER, BIMODAL}
 
 
-def test_collate_pads_only_where_lengths_differ(t5_study):
+def test_first_phase_batches_need_no_padding(t5_study):
     cfg, layout = t5_study
     task = _task(t5_study)
     batch = next(mixture_batches(layout, cfg, batch_size=8))
@@ -88,6 +90,19 @@ def test_collate_pads_only_where_lengths_differ(t5_study):
     tensors = collate(task.examples(text_rows, 0), pad_id=task.vocab.pad)
     assert bool(tensors["attention_mask"].all())  # span corruption of fixed-length rows: no padding
     assert bool((tensors["labels"] >= 0).all()) and bool((tensors["tags"] == -100).all())
+
+    # CodeT5's first phase on code and text: span, tagging and MIP inputs share one length
+    sentinels = set(task.vocab.sentinels)
+    batches = mixture_batches(layout, cfg, batch_size=16)
+    objectives = set()
+    for step in range(6):
+        examples = task.examples(next(batches), step)
+        objectives |= {e.objective for e in examples}
+        assert bool(collate(examples, pad_id=task.vocab.pad)["attention_mask"].all())
+        for e in (e for e in examples if e.objective == MASKED_IDENTIFIER):  # cut inputs keep their names
+            predicted = [t for t in e.targets.tolist() if t in sentinels]
+            assert predicted and set(predicted) <= set(e.inputs.tolist())
+    assert objectives == {SPAN, TAGGING, MASKED_IDENTIFIER}
 
 
 def _probe(task: CodeT5Task, batches, rows_per_objective: int = 6) -> list:

@@ -146,8 +146,14 @@ def test_masked_identifier_targets_respect_the_budget(t5_study, tokenizer, token
     found = token_identifiers(chunk, "python", token_bytes)
     _, targets, names = mask_identifiers(chunk, found, sentinels=sentinels, eos_id=eos, max_target=12)
     assert len(targets) <= 12 and names
-    _, _, all_names = mask_identifiers(chunk, found, sentinels=sentinels, eos_id=eos, max_target=1000)
+    full, _, all_names = mask_identifiers(chunk, found, sentinels=sentinels, eos_id=eos, max_target=1000)
     assert names == all_names[:len(names)]
+    # an input budget: names are masked only while the input keeps min_input tokens
+    floor = (len(chunk) + len(full)) // 2
+    inputs, _, some_names = mask_identifiers(chunk, found, sentinels=sentinels, eos_id=eos, max_target=1000,
+                                             min_input=floor)
+    assert len(inputs) >= floor and 0 < len(some_names) < len(all_names)
+    assert set(some_names) <= set(all_names)
 
 
 def test_unknown_language_and_non_byte_level_tokenizer_are_clear_errors():

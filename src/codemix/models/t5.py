@@ -84,11 +84,12 @@ class CodeT5(nn.Module):
         shifted = torch.cat([start, labels[:, :-1]], dim=1)
         return shifted.masked_fill(shifted == -100, pad)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
                 tags: torch.Tensor, objective: torch.Tensor, n_objectives: int) -> dict[str, torch.Tensor]:
         """Per-objective mean losses for one batch.
 
-        input_ids, attention_mask: (B, T) encoder inputs. labels: (B, S) decoder targets, -100
+        input_ids, attention_mask: (B, T) encoder inputs; pass None for a mask when no row is
+        padded (HF T5 then keeps one position bias for the batch instead of one per row). labels: (B, S) decoder targets, -100
         where none (a tagging row has no target at all). tags: (B, T) identifier labels in
         {0, 1}, -100 where not trained. objective: (B,) the objective index of each row.
         Returns ``{"seq2seq": (n_objectives,), "tagging": scalar, "counts": (n_objectives,)}``:

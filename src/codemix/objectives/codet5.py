@@ -109,6 +109,24 @@ class RowAnnotator:
         return token_doc_pairs(self.tokens[i], self.langs[i], self.token_bytes)
 
 
+def _cut_masked(inputs: np.ndarray, targets: np.ndarray, width: int, *, sentinels: Sequence[int],
+                eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masked-identifier inputs cut to ``width``, and targets without the names no longer in them.
+
+    Targets are ``sentinel name-tokens`` pairs in order of the names' first occurrence, so
+    the names whose sentinel the cut removes are a suffix of the pairs.
+    """
+    if len(inputs) <= width:
+        return inputs, targets
+    inputs = inputs[:width]
+    visible = set(inputs.tolist())
+    is_sentinel = set(sentinels)
+    for k, token in enumerate(targets.tolist()):
+        if token in is_sentinel and token not in visible:
+            return inputs, np.append(targets[:k], eos_id).astype(np.int64)
+    return inputs, targets
+
+
 def build_examples(
     tokens: np.ndarray,
     langs: Sequence[str | None],
@@ -126,9 +144,18 @@ def build_examples(
     ``weights`` (one per :data:`OBJECTIVES`) are the sampling weights of a code row's objective;
     ``rows`` finds the identifiers and documented functions of code rows (None: no code rows).
     Every encoder input ends with ``<eos>``, as T5's (and the evaluation handle's) do.
+
+    Encoder inputs of span corruption, identifier tagging and masked identifier prediction
+    have one length, span corruption's (``input_len`` + ``<eos>``): tagging keeps the start of
+    its row that fits; MIP masks names only while its input stays that long, then keeps the
+    start (dropping the names whose every occurrence falls past the cut). So such a batch
+    needs no attention mask, which Hugging Face's T5 would otherwise add to its position
+    bias once per row. Only bimodal rows are shorter (padded).
     """
     probs = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
     tokens = np.asarray(tokens, dtype=np.int64)
+    width = corruption_lengths(tokens.shape[1], noise_density=noise_density, mean_span=mean_span,
+                               max_spans=len(vocab.sentinels)).input_len
     drawn = rng.choice(len(OBJECTIVES), size=len(tokens), p=probs)
     out: list[Example | None] = []
     for i, (row, lang, objective) in enumerate(zip(tokens, langs, drawn.tolist())):
@@ -136,13 +163,14 @@ def build_examples(
         example = None
         if objective == TAGGING:
             found = rows.identifiers(i)
-            if found.tagged.any():
-                example = Example(TAGGING, row.copy(), tags=found.tagged.astype(np.int64))
+            if found.tagged[:width].any():
+                example = Example(TAGGING, row[:width].copy(), tags=found.tagged[:width].astype(np.int64))
         elif objective == MASKED_IDENTIFIER:
             found = rows.identifiers(i)
             inputs, targets, names = mask_identifiers(row, found, sentinels=vocab.sentinels, eos_id=vocab.eos,
-                                                      max_target=target_len)
-            if names:
+                                                      max_target=target_len, min_input=width)
+            inputs, targets = _cut_masked(inputs, targets, width, sentinels=vocab.sentinels, eos_id=vocab.eos)
+            if len(targets) > 1:
                 example = Example(MASKED_IDENTIFIER, inputs, targets=targets)
         elif objective == BIMODAL:
             pairs = rows.doc_pairs(i)
@@ -304,13 +332,22 @@ class CodeT5Task:
                               target_len=self.objectives.target_len, rng=rng)
 
     def loss(self, model: nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        examples = self.examples(batch, step, training=model.training)
+        return self.loss_of_inputs(model, self.inputs(batch, step, training=model.training))
+
+    def inputs(self, batch: Any, step: int, *, training: bool = True) -> dict[str, torch.Tensor]:
+        """The model's CPU input tensors for a batch (:meth:`examples`, then :func:`collate`)."""
+        return collate(self.examples(batch, step, training=training), pad_id=self.vocab.pad)
+
+    def loss_of_inputs(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`loss` from inputs already built by :meth:`inputs`."""
         device = next(model.parameters()).device
-        tensors = collate(examples, pad_id=self.vocab.pad)
         counts = torch.bincount(tensors["objective"], minlength=len(OBJECTIVES))  # rows per objective, on the CPU
+        if bool(tensors["attention_mask"].all()):  # no padded row: no mask (see CodeT5.forward)
+            tensors = {**tensors, "attention_mask": None}
         if device.type == "cuda":  # pinned: the copy runs behind the GPU's queue instead of waiting for it
-            tensors = {k: v.pin_memory() for k, v in tensors.items()}
-        out = model(**{k: v.to(device, non_blocking=True) for k, v in tensors.items()}, n_objectives=len(OBJECTIVES))
+            tensors = {k: v if v is None else v.pin_memory() for k, v in tensors.items()}
+        inputs = {k: v if v is None else v.to(device, non_blocking=True) for k, v in tensors.items()}
+        out = model(**inputs, n_objectives=len(OBJECTIVES))
         per_objective = out["seq2seq"].clone()
         per_objective[TAGGING] = out["tagging"]
         share = (counts.float() / counts.sum()).to(device)

@@ -565,6 +565,7 @@ def mask_identifiers(
     sentinels: Sequence[int],
     eos_id: int,
     max_target: int,
+    min_input: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, list[Hashable]]:
     """Masked identifier prediction (CodeT5 §3.2, MIP): hide every identifier, one sentinel per name.
 
@@ -574,7 +575,9 @@ def mask_identifiers(
     first occurrence), then ``<eos>``. Identifiers that cannot be masked cleanly (a token shared
     with other text, see :class:`TokenIdentifiers`), or that no longer fit into
     ``max_target`` target tokens or the available sentinels, stay visible and are not
-    predicted. Returns ``(inputs, targets, masked names)``.
+    predicted; so do names whose masking would leave the input shorter than ``min_input``
+    tokens (a batch of inputs of one length needs no padding). Returns ``(inputs, targets,
+    masked names)``.
     """
     tokens = np.asarray(tokens, dtype=np.int64)
     bad = {name for name, ok in zip(found.names, found.maskable) if not ok}
@@ -582,12 +585,21 @@ def mask_identifiers(
     for k, name in enumerate(found.names):
         if name not in bad and name not in first:
             first[name] = k
+    # tokens each name's masking removes from the input: all but one of each occurrence's
+    occurrence_len = np.bincount(found.occurrence[found.occurrence >= 0], minlength=len(found.names))
+    shrink: dict[Hashable, int] = {}
+    for name, n in zip(found.names, occurrence_len.tolist()):
+        shrink[name] = shrink.get(name, 0) + n - 1
     sentinel_of: dict[Hashable, int] = {}
     targets: list[int] = []
+    length = len(tokens)
     for name, k in first.items():
         name_tokens = tokens[found.occurrence == k].tolist()
         if len(sentinel_of) == len(sentinels) or len(targets) + 1 + len(name_tokens) + 1 > max_target:
             break
+        if length - shrink[name] < min_input:
+            continue
+        length -= shrink[name]
         sentinel_of[name] = int(sentinels[len(sentinel_of)])
         targets += [sentinel_of[name], *name_tokens]
     targets.append(eos_id)
