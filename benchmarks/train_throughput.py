@@ -89,33 +89,43 @@ def causal_loss_of(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], d
 
 
 def seq2seq_loss_of(loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-                    make_batch: Callable[[torch.Tensor], dict[str, torch.Tensor]], device: torch.device):
-    """``loss_of`` for an encoder-decoder: ``make_batch`` turns token rows into model inputs (on the CPU)."""
+                    make_batch: Callable[[Any], dict[str, torch.Tensor]]):
+    """``loss_of`` for an encoder-decoder: ``make_batch`` turns a data item into CPU inputs, ``loss`` trains on them.
 
-    def loss_of(tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
-        batch = {k: v.to(device, non_blocking=True) for k, v in make_batch(tokens[:, :-1]).items()}
-        return loss(batch), batch["input_ids"].numel() + batch["labels"].numel()
+    Tokens are counted on the CPU, as trained: encoder positions that attend (all of them
+    without an ``attention_mask``) plus decoder targets that are not -100 — padding is not work.
+    """
+
+    def loss_of(item: Any) -> tuple[torch.Tensor, int]:
+        batch = make_batch(item)
+        encoder = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+        return loss(batch), int(encoder) + int((batch["labels"] >= 0).sum())
 
     return loss_of
 
 
-def compare(trainers: dict[str, Trainer], *, batch_size: int, seq_len: int, vocab_size: int, steps: int,
-            warmup: int, rounds: int) -> dict[str, float]:
+def random_rows(args: argparse.Namespace) -> list[torch.Tensor]:
+    """Data items for every step: random token rows (B, T + 1), seeded."""
+    gen = torch.Generator().manual_seed(0)
+    return list(torch.randint(0, args.vocab, (max(args.steps, args.warmup), args.batch_size, args.seq_len + 1),
+                              generator=gen))
+
+
+def compare(trainers: dict[str, Trainer], data: list[Any], *, steps: int, warmup: int,
+            rounds: int) -> dict[str, float]:
     """Median tokens/s of each trainer over ``rounds`` alternating timed blocks of ``steps`` steps.
 
     Alternating the models block by block exposes them to the same background load, which
-    matters on a shared machine; warmup steps (and torch.compile) come first.
+    matters on a shared machine; warmup steps (and torch.compile) come first. ``data`` holds
+    one item per step (at least ``max(steps, warmup)``), given to every trainer alike.
     """
-    gen = torch.Generator().manual_seed(0)
-    data = torch.randint(0, vocab_size, (max(steps, warmup), batch_size, seq_len + 1), generator=gen)
     for trainer in trainers.values():
-        for tokens in data[:warmup]:
-            trainer.step(tokens)
-    data = data[:steps]
+        for item in data[:warmup]:
+            trainer.step(item)
     measured: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(rounds):
         for name, trainer in trainers.items():
-            measured[name].append(trainer.tokens_per_s(data))
+            measured[name].append(trainer.tokens_per_s(data[:steps]))
     return {name: statistics.median(values) for name, values in measured.items()}
 
 
@@ -138,8 +148,7 @@ def bench_gpt(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "codemix": Trainer(ours, causal_loss_of(ours_fn, device), device=device),
         "hf_llama": Trainer(hf, causal_loss_of(hf_loss, device), device=device),
     }
-    tps = compare(trainers, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab,
-                  steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+    tps = compare(trainers, random_rows(args), steps=args.steps, warmup=args.warmup, rounds=args.rounds)
     fpt = flops_per_token(cfg, args.seq_len)
     peak = H100_BF16_PEAK if device.type == "cuda" else None
     return {
@@ -154,38 +163,57 @@ def bench_gpt(preset: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
-    """codemix CodeT5 (span corruption of packed rows, tagging head) vs plain HF T5, same shape.
+    """codemix CodeT5 (packed rows, CodeT5's objectives, tagging head) vs plain HF T5, same shape.
 
-    codemix: every step corrupts the ``(batch, seq_len)`` rows on the CPU as ``CodeT5Task``
-    does for text, so all rows share one encoder and one decoder length and nothing is
-    padded, then runs :class:`~codemix.models.t5.CodeT5` (one encoder pass, the tagging head,
-    one decoder pass). HF: ``T5ForConditionalGeneration`` on inputs and labels of those
-    lengths (seq_len 568: encoder 511, decoder 114; T5's seqio pads targets to 128). Random
-    tokens hold no identifiers, so this times span corruption, the objective of every row.
+    codemix: every step builds its inputs on the CPU as ``CodeT5Task`` does, then runs
+    :class:`~codemix.models.t5.CodeT5` (one encoder pass, the tagging head, one decoder pass).
+    HF: ``T5ForConditionalGeneration`` on the rows cut to span corruption's fixed lengths
+    (seq_len 568: encoder 511 + <eos>, decoder 114; T5's seqio pads targets to 128).
+
+    Without ``--study``, rows are random tokens: text to codemix, so every row is span
+    corrupted (no identifiers to find). With ``--study STUDY.yaml`` the rows are that study's
+    real mixture, read as ``codemix train`` reads it (sources, offsets, the data stage's
+    identifier annotations bound): code rows draw CodeT5's identifier objectives, so this
+    times the whole CodeT5 step, CPU side included. The study's data is built first if missing.
     """
     import numpy as np
     from transformers import T5Config, T5ForConditionalGeneration
 
     from codemix.config import ModelConfig
     from codemix.models.t5 import CodeT5, t5_config
-    from codemix.objectives.codet5 import OBJECTIVES, Vocab, build_examples, collate
+    from codemix.objectives.codet5 import OBJECTIVES, RowAnnotator, Vocab, build_examples, collate
     from codemix.objectives.span_corruption import corruption_lengths
 
     device = torch.device(args.device)
     compile_ = device.type == "cuda" and not args.no_compile
-    cfg = t5_config(ModelConfig(arch="t5", preset="tiny" if preset == "t5-tiny" else preset, dropout=0.0),
-                    vocab_size=args.vocab, pad_id=1, eos_id=0)
-    vocab = Vocab(eos=0, pad=1, sentinels=tuple(range(3, 103)))
-    lengths = corruption_lengths(args.seq_len, noise_density=0.15, mean_span=3.0, max_spans=len(vocab.sentinels))
-    rng = np.random.default_rng(0)
+    model_preset = "tiny" if preset == "t5-tiny" else preset
+    steps = iter(range(1 << 62))  # each codemix step draws its objectives and masks anew
+    if args.study:
+        task, data = study_data(args, model_preset)
+        cfg = task.config
+        vocab = task.vocab
 
-    def codemix_batch(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        examples = build_examples(tokens.numpy(), [None] * len(tokens), weights=[1, 0, 0, 0], vocab=vocab,
-                                  rows=None, noise_density=0.15, mean_span=3.0,
-                                  target_len=lengths.target_len, rng=rng)
-        return collate(examples, pad_id=vocab.pad)
+        def codemix_batch(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return task.inputs(item, next(steps))
+    else:
+        cfg = t5_config(ModelConfig(arch="t5", preset=model_preset, dropout=0.0), vocab_size=args.vocab,
+                        pad_id=1, eos_id=0)
+        vocab = Vocab(eos=0, pad=1, sentinels=tuple(range(3, 103)))
+        data = random_rows(args)
 
-    def hf_batch(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        def codemix_batch(item: torch.Tensor) -> dict[str, torch.Tensor]:
+            tokens = item[:, :-1].numpy()
+            examples = build_examples(tokens, [None] * len(tokens), weights=[1, 0, 0, 0], vocab=vocab,
+                                      rows=RowAnnotator(tokens, [None] * len(tokens), None), noise_density=0.15,
+                                      mean_span=3.0, target_len=lengths.target_len,
+                                      rng=np.random.default_rng(next(steps)))
+            return collate(examples, pad_id=vocab.pad)
+
+    seq_len = args.seq_len
+    lengths = corruption_lengths(seq_len, noise_density=0.15, mean_span=3.0, max_spans=len(vocab.sentinels))
+
+    def hf_batch(item: Any) -> dict[str, torch.Tensor]:
+        tokens = item["tokens"] if isinstance(item, dict) else item
         return {"input_ids": tokens[:, :lengths.input_len + 1].contiguous(),  # + <eos>, as codemix's
                 "labels": tokens[:, :lengths.target_len].contiguous()}
 
@@ -196,24 +224,55 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     hf_fn = torch.compile(hf) if compile_ else hf
 
     def ours_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = ours_fn(**batch, n_objectives=len(OBJECTIVES))
+        if args.study:  # the task's own loss: pinned copies, objectives weighted by their rows
+            return task.loss_of_inputs(ours_fn, batch)["loss"]
+        out = ours_fn(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}, n_objectives=len(OBJECTIVES))
         return out["seq2seq"][0] + out["tagging"]
 
+    def hf_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return hf_fn(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).loss
+
     trainers = {
-        "codemix": Trainer(ours, seq2seq_loss_of(ours_loss, codemix_batch, device), device=device),
-        "hf_t5": Trainer(hf, seq2seq_loss_of(lambda batch: hf_fn(**batch).loss, hf_batch, device), device=device),
+        "codemix": Trainer(ours, seq2seq_loss_of(ours_loss, codemix_batch), device=device),
+        "hf_t5": Trainer(hf, seq2seq_loss_of(hf_loss, hf_batch), device=device),
     }
-    tps = compare(trainers, batch_size=args.batch_size, seq_len=args.seq_len, vocab_size=args.vocab,
-                  steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+    tps = compare(trainers, data, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
     return {
         "benchmark": "train_throughput", "preset": preset, "device": _device_name(device),
         "torch": torch.__version__, "compile": compile_, "precision": "bf16" if device.type == "cuda" else "fp32",
-        "batch_size": args.batch_size, "seq_len": args.seq_len, "vocab_size": args.vocab,
-        "encoder_len": lengths.input_len + 1, "decoder_len": lengths.target_len,
+        "data": str(args.study) if args.study else "random", "batch_size": args.batch_size, "seq_len": seq_len,
+        "vocab_size": cfg["vocab_size"], "encoder_len": lengths.input_len + 1, "decoder_len": lengths.target_len,
         "params": sum(p.numel() for p in ours.t5.parameters()),
         **{name: {"tokens_per_s": round(v, 1), "mfu": None} for name, v in tps.items()},
         "ratio": round(tps["codemix"] / tps["hf_t5"], 3),
     }
+
+
+def study_data(args: argparse.Namespace, preset: str) -> tuple[Any, list[dict[str, torch.Tensor]]]:
+    """A ``CodeT5Task`` for ``--study`` (with the preset, batch and sequence length of this run) and its batches.
+
+    The batches come from the study's first mixture with the most code, as ``codemix train``
+    reads them; its data (tokenizer, streams, annotations, mixtures) is built if missing.
+    """
+    import itertools
+
+    from codemix.config import load_study
+    from codemix.data.loader import MixtureLoader
+    from codemix.data.mixture import mixture_specs, prepare_data
+    from codemix.objectives.codet5 import CodeT5Task
+
+    overrides = [*args.set, "model.arch=t5", f"model.preset={preset}", "model.dropout=0.0",
+                 f"data.seq_len={args.seq_len}", f"pretrain.batch_size={args.batch_size}"]
+    cfg = load_study(args.study, overrides)
+    layout = prepare_data(cfg)
+    spec = max((s for s in mixture_specs(cfg.mixtures) if not s.baseline), key=lambda s: s.m)
+    loader = MixtureLoader(layout.mixture_dir(spec.setting, spec.m, spec.baseline), batch_size=args.batch_size,
+                           seed=0, with_sources=True)
+    task = CodeT5Task(cfg, tokenizer_path=layout.tokenizer_path)
+    task.bind_streams([stream.dir for stream in loader.streams])
+    needed = max(args.steps, args.warmup)
+    data = list(itertools.islice((batch for _ in range(needed) for batch in loader), needed))
+    return task, data
 
 
 def _device_name(device: torch.device) -> str:
@@ -222,10 +281,12 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+T5_PRESETS = ("t5-tiny", "codet5-small", "codet5-base")
+
 #: preset -> benchmark function. One place to add a preset (e.g. codet5-small / codet5-base).
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     name: (lambda args, name=name: bench_gpt(name, args)) for name in PRESETS
-} | {name: (lambda args, name=name: bench_t5(name, args)) for name in ("t5-tiny", "codet5-small", "codet5-base")}
+} | {name: (lambda args, name=name: bench_t5(name, args)) for name in T5_PRESETS}
 
 #: Defaults per preset where they differ from the CPU-friendly ones: (batch_size, seq_len, vocab).
 GPU_SHAPES = {"124m": (16, 1024, 32768), "t5-large-dec": (16, 1024, 32768), "20m": (32, 1024, 32768),
@@ -245,7 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first, incl. compilation (default 5)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile on CUDA")
+    parser.add_argument("--study", help="t5 presets: time training on this study's real mixture (code objectives "
+                                        "included; its data is built if missing) instead of random tokens")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of --study (repeatable), e.g. mixtures.n_tokens=2000000")
     args = parser.parse_args(argv)
+    if args.study and args.preset not in T5_PRESETS:
+        parser.error(f"--study applies to the t5 presets {sorted(T5_PRESETS)}")
     batch, seq, vocab = GPU_SHAPES.get(args.preset, (16, 128, 4096))
     args.batch_size = args.batch_size or batch
     args.seq_len = args.seq_len or seq
