@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -179,7 +180,6 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from codemix.config import ModelConfig
     from codemix.models.t5 import CodeT5, t5_config
     from codemix.objectives.codet5 import OBJECTIVES, RowAnnotator, Vocab, build_examples, collate
     from codemix.objectives.span_corruption import corruption_lengths
@@ -196,8 +196,9 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         def codemix_batch(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return task.inputs(item, next(steps))
     else:
-        cfg = t5_config(ModelConfig(arch="t5", preset=model_preset, dropout=0.0), vocab_size=args.vocab,
-                        pad_id=1, eos_id=0)
+        # a plain namespace for the study's `model` section: this path runs without pydantic (the GPU box has none)
+        model_cfg = types.SimpleNamespace(arch="t5", preset=model_preset, dropout=0.0)
+        cfg = t5_config(model_cfg, vocab_size=args.vocab, pad_id=1, eos_id=0)
         vocab = Vocab(eos=0, pad=1, sentinels=tuple(range(3, 103)))
         data = random_rows(args)
 
