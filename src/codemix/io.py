@@ -6,20 +6,22 @@ bad input never leaves a half-written file or directory behind.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "atomic_dir",
     "available_cpus",
-    "exit_with_parent",
+    "fork_pool",
     "read_commits",
     "read_json",
     "atomic_write_bytes",
@@ -140,7 +142,7 @@ def read_commits(path: Path) -> dict[int, dict[str, Any]]:
     return commits
 
 
-def exit_with_parent() -> None:
+def _exit_with_parent() -> None:
     """Linux: have the kernel end this worker when the parent dies (e.g. a SIGKILLed job), not orphan it."""
     try:
         import ctypes
@@ -149,3 +151,22 @@ def exit_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: workers exit when their queue closes instead
         pass
+
+
+def fork_pool(workers: int, initializer: Callable[..., None], initargs: tuple[Any, ...] = ()) -> cf.ProcessPoolExecutor:
+    """``workers`` processes, forked now, each set up by ``initializer(*initargs)`` and ending with its parent.
+
+    Fork rather than spawn/forkserver: those re-import the caller's ``__main__``, which breaks
+    scripts without an ``if __name__ == "__main__"`` guard. So call this before starting any
+    thread of your own (a progress bar), and give the workers work that needs none of the
+    parent's threads (no torch; tokenizers with its parallelism off).
+    """
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                  initializer=_init_forked, initargs=(initializer, initargs))
+    pool.submit(os.getpid).result()  # launches every worker now
+    return pool
+
+
+def _init_forked(initializer: Callable[..., None], initargs: tuple[Any, ...]) -> None:
+    _exit_with_parent()
+    initializer(*initargs)

@@ -38,7 +38,6 @@ import concurrent.futures as cf
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -54,7 +53,7 @@ from codemix.io import (
     atomic_write_bytes,
     atomic_write_json,
     available_cpus,
-    exit_with_parent,
+    fork_pool,
     read_commits,
     read_json,
     sha256_file,
@@ -213,11 +212,6 @@ def _init_worker(stream_dir: str, tokenizer_path: str, lang: str) -> None:
     _worker = (TokenStream(stream_dir), TokenBytes(load_tokenizer(tokenizer_path)), lang)
 
 
-def _init_pool_worker(stream_dir: str, tokenizer_path: str, lang: str) -> None:
-    exit_with_parent()
-    _init_worker(stream_dir, tokenizer_path, lang)
-
-
 def _annotate_chunk(lo: int, hi: int) -> dict[str, np.ndarray]:
     """The arrays of stream tokens ``[lo, hi)`` (whole documents), with token positions relative to ``lo``.
 
@@ -322,7 +316,8 @@ def _annotate_chunks(stream: TokenStream, tokenizer_path: Path, lang: str, bound
     todo = [i for i in range(len(bounds) - 1) if i not in commits]
     args = (str(stream.dir), str(tokenizer_path), lang)
     workers = min(workers, len(todo))
-    pool = _start_pool(workers, args) if workers > 1 else None
+    # forked before the progress bar starts its thread
+    pool = fork_pool(workers, _init_worker, args) if workers > 1 else None
     if pool is None:
         _init_worker(*args)
     bar = Progress(TextColumn(f"annotating {stream.dir.name}"), BarColumn(), MofNCompleteColumn(),
@@ -357,14 +352,6 @@ def _commit(work: Path, log: IO[str], i: int, arrays: dict[str, np.ndarray]) -> 
     log.flush()
     os.fsync(log.fileno())
     return counts
-
-
-def _start_pool(workers: int, args: tuple[str, str, str]) -> cf.ProcessPoolExecutor:
-    """Worker processes, forked before the progress bar starts its thread (``streams._start_pool`` says why fork)."""
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                  initializer=_init_pool_worker, initargs=args)
-    pool.submit(os.getpid).result()  # launches every worker now
-    return pool
 
 
 def _assemble(tmp: Path, work: Path, n_chunks: int, meta: dict[str, Any]) -> None:

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import functools
 import gzip
 import hashlib
 import io
 import itertools
 import json
-import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
@@ -48,7 +48,7 @@ from codemix.io import (
     atomic_write_bytes,
     atomic_write_json,
     available_cpus,
-    exit_with_parent,
+    fork_pool,
     read_commits,
     read_json,
     stable_hash,
@@ -369,23 +369,12 @@ _inline_loaded: str | None = None
 
 
 def _start_pool(workers: int, tokenizer_path: Path) -> cf.ProcessPoolExecutor:
-    """Worker processes, forked now, before this call starts any thread of its own (the progress bar).
+    """Tokenizing worker processes (:func:`codemix.io.fork_pool`), forked before the progress bar starts.
 
-    Fork rather than spawn/forkserver: those re-import the caller's ``__main__``, which breaks
-    scripts without an ``if __name__ == "__main__"`` guard. Forking is safe here because a
-    worker only tokenizes: it never uses torch, prints, or the parent's Rust thread pool
-    (``_init_worker_process`` turns tokenizers' parallelism off before the first call).
+    Forking is safe here because a worker only tokenizes: it never uses torch, prints, or the
+    parent's Rust thread pool (its tokenizer runs single-threaded, set before the first call).
     """
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                  initializer=_init_worker_process, initargs=(str(tokenizer_path),))
-    pool.submit(os.getpid).result()  # launches every worker now
-    return pool
-
-
-def _init_worker_process(tokenizer_path: str) -> None:
-    exit_with_parent()
-    _init_worker(tokenizer_path, single_threaded=True)
-
+    return fork_pool(workers, functools.partial(_init_worker, single_threaded=True), (str(tokenizer_path),))
 
 
 def _init_worker_once(tokenizer_path: Path) -> None:
