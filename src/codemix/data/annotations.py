@@ -60,6 +60,7 @@ from codemix.io import (
     stable_hash,
 )
 from codemix.objectives.identifiers import (
+    LANGUAGES,
     TokenBytes,
     TokenDocPair,
     TokenIdentifiers,
@@ -67,13 +68,18 @@ from codemix.objectives.identifiers import (
     token_annotations,
 )
 
-__all__ = ["CHUNK_TOKENS", "StreamAnnotations", "annotation_dir", "build_annotations"]
+__all__ = ["CHUNK_TOKENS", "StreamAnnotations", "annotation_dir", "build_annotations", "needs_annotations"]
 
 #: Stream tokens per work unit (whole documents, so a little more): a few seconds of parsing,
 #: small enough to spread a small stream over every worker.
 CHUNK_TOKENS = 1 << 18
 _FORMAT_VERSION = 1
 _COUNTS = ("n_tokens", "n_occurrences", "n_tagged", "n_pairs", "n_doc_runs", "n_code_runs", "n_name_bytes")
+
+
+def needs_annotations(cfg: Any, source: Any) -> bool:
+    """Whether a source's stream is annotated: code in a language with a grammar, in an ``arch: t5`` study."""
+    return cfg.model.arch == "t5" and source.code and source.lang in LANGUAGES
 
 
 def annotation_dir(stream_dir: str | Path) -> Path:

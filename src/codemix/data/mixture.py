@@ -224,10 +224,9 @@ def prepare_data(cfg: StudyConfig, out_dir: str | Path | None = None, *, progres
     also annotated (identifiers, documented functions) for CodeT5's objectives.
     """
     from codemix.config import save_config
-    from codemix.data.annotations import build_annotations
+    from codemix.data.annotations import build_annotations, needs_annotations
     from codemix.data.streams import build_stream
     from codemix.data.tokenizer import build_tokenizer
-    from codemix.objectives.identifiers import LANGUAGES
 
     layout = data_layout(cfg, out_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -236,7 +235,7 @@ def prepare_data(cfg: StudyConfig, out_dir: str | Path | None = None, *, progres
     for src in cfg.data.sources:
         build_stream(src, cfg.data, layout.tokenizer_path, layout.stream_dir(src.name),
                      budget_tokens=budgets[src.name], progress=progress)
-        if cfg.model.arch == "t5" and src.code and src.lang in LANGUAGES:
+        if needs_annotations(cfg, src):
             build_annotations(layout.stream_dir(src.name), src.lang, layout.tokenizer_path,
                               workers=cfg.data.workers or None, progress=progress)
     streams = {s.name: layout.stream_dir(s.name) for s in cfg.data.sources}

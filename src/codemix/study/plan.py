@@ -258,14 +258,6 @@ def mixture_variants(cfg: StudyConfig) -> list[tuple[str, float, bool]]:
     return out
 
 
-def _annotated(cfg: StudyConfig, source_name: str) -> bool:
-    """Whether a source's stream gets identifier annotations: code with a grammar, in a t5 study."""
-    from codemix.objectives.identifiers import LANGUAGES
-
-    source = cfg.source(source_name)
-    return cfg.model.arch == "t5" and source.code and source.lang in LANGUAGES
-
-
 def _stream_budgets(cfg: StudyConfig) -> dict[str, int]:
     """Training tokens each stream must hold: the most any mixture of the study takes from it."""
     from codemix.data.mixture import MixtureSpec, source_targets
@@ -284,6 +276,8 @@ def _section_dump(section: Any) -> Any:
 
 def plan_study(cfg: StudyConfig, root: str | Path | None = None) -> Plan:
     """Turn a validated study into its job graph (no side effects)."""
+    from codemix.data.annotations import needs_annotations
+
     root = Path(root if root is not None else cfg.out)
     jobs: dict[str, Job] = {}
 
@@ -309,7 +303,7 @@ def plan_study(cfg: StudyConfig, root: str | Path | None = None) -> Plan:
     for name in all_sources:
         key = {**_source_key(cfg, name), "heldout_docs": d.heldout_docs, "shuffle_seed": d.shuffle_seed,
                "budget_tokens": budgets[name]}
-        annotate = _annotated(cfg, name)
+        annotate = needs_annotations(cfg, cfg.source(name))
         if annotate:  # CodeT5's objectives read identifier annotations of the stream (4-8 bytes a token)
             key["annotate"] = True
         streams[name] = add(Job.create("stream", name, "codemix.study.jobs:stream_job", key,
