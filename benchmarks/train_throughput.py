@@ -22,6 +22,7 @@ encoder-decoder presets (``codet5-small``, ``codet5-base``) plug in there.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -181,37 +182,33 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     from transformers import T5Config, T5ForConditionalGeneration
 
     from codemix.models.t5 import CodeT5, t5_config
-    from codemix.objectives.codet5 import OBJECTIVES, RowAnnotator, Vocab, build_examples, collate
+    from codemix.objectives.codet5 import OBJECTIVES, Vocab, build_examples, collate
     from codemix.objectives.span_corruption import corruption_lengths
 
     device = torch.device(args.device)
     compile_ = device.type == "cuda" and not args.no_compile
     model_preset = "tiny" if preset == "t5-tiny" else preset
-    steps = iter(range(1 << 62))  # each codemix step draws its objectives and masks anew
+    steps = itertools.count()  # each codemix step draws its objectives and masks anew
+    task = None
     if args.study:
         task, data = study_data(args, model_preset)
-        cfg = task.config
-        vocab = task.vocab
-
-        def codemix_batch(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return task.inputs(item, next(steps))
+        cfg, vocab = task.config, task.vocab
     else:
         # a plain namespace for the study's `model` section: this path runs without pydantic (the GPU box has none)
         model_cfg = types.SimpleNamespace(arch="t5", preset=model_preset, dropout=0.0)
         cfg = t5_config(model_cfg, vocab_size=args.vocab, pad_id=1, eos_id=0)
         vocab = Vocab(eos=0, pad=1, sentinels=tuple(range(3, 103)))
         data = random_rows(args)
+    lengths = corruption_lengths(args.seq_len, noise_density=0.15, mean_span=3.0, max_spans=len(vocab.sentinels))
 
-        def codemix_batch(item: torch.Tensor) -> dict[str, torch.Tensor]:
-            tokens = item[:, :-1].numpy()
-            examples = build_examples(tokens, [None] * len(tokens), weights=[1, 0, 0, 0], vocab=vocab,
-                                      rows=RowAnnotator(tokens, [None] * len(tokens), None), noise_density=0.15,
-                                      mean_span=3.0, target_len=lengths.target_len,
-                                      rng=np.random.default_rng(next(steps)))
-            return collate(examples, pad_id=vocab.pad)
-
-    seq_len = args.seq_len
-    lengths = corruption_lengths(seq_len, noise_density=0.15, mean_span=3.0, max_spans=len(vocab.sentinels))
+    def codemix_batch(item: Any) -> dict[str, torch.Tensor]:
+        if task is not None:  # the study's rows, as CodeT5Task builds them in training
+            return task.inputs(item, next(steps))
+        tokens = item[:, :-1].numpy()  # random rows: text, span corrupted
+        examples = build_examples(tokens, [None] * len(tokens), weights=[1, 0, 0, 0], vocab=vocab, rows=None,
+                                  noise_density=0.15, mean_span=3.0, target_len=lengths.target_len,
+                                  rng=np.random.default_rng(next(steps)))
+        return collate(examples, pad_id=vocab.pad)
 
     def hf_batch(item: Any) -> dict[str, torch.Tensor]:
         tokens = item["tokens"] if isinstance(item, dict) else item
@@ -225,7 +222,7 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     hf_fn = torch.compile(hf) if compile_ else hf
 
     def ours_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if args.study:  # the task's own loss: pinned copies, objectives weighted by their rows
+        if task is not None:  # the task's own loss: pinned copies, objectives weighted by their rows
             return task.loss_of_inputs(ours_fn, batch)["loss"]
         out = ours_fn(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}, n_objectives=len(OBJECTIVES))
         return out["seq2seq"][0] + out["tagging"]
@@ -241,7 +238,7 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "train_throughput", "preset": preset, "device": _device_name(device),
         "torch": torch.__version__, "compile": compile_, "precision": "bf16" if device.type == "cuda" else "fp32",
-        "data": str(args.study) if args.study else "random", "batch_size": args.batch_size, "seq_len": seq_len,
+        "data": str(args.study) if args.study else "random", "batch_size": args.batch_size, "seq_len": args.seq_len,
         "vocab_size": cfg["vocab_size"], "encoder_len": lengths.input_len + 1, "decoder_len": lengths.target_len,
         "params": sum(p.numel() for p in ours.t5.parameters()),
         **{name: {"tokens_per_s": round(v, 1), "mfu": None} for name, v in tps.items()},
@@ -255,8 +252,6 @@ def study_data(args: argparse.Namespace, preset: str) -> tuple[Any, list[dict[st
     The batches come from the study's first mixture with the most code, as ``codemix train``
     reads them; its data (tokenizer, streams, annotations, mixtures) is built if missing.
     """
-    import itertools
-
     from codemix.config import load_study
     from codemix.data.loader import MixtureLoader
     from codemix.data.mixture import mixture_specs, prepare_data
