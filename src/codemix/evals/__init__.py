@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["BENCHMARKS", "ROW_COLUMNS", "benchmark", "write_rows"]
+__all__ = ["BENCHMARKS", "ROW_COLUMNS", "add_model_arguments", "benchmark", "write_rows"]
 
 BENCHMARKS: dict[str, str] = {
     "cogs": "codemix.evals.cogs",
@@ -29,6 +29,15 @@ BENCHMARKS: dict[str, str] = {
 
 #: Leading columns of a benchmark's result CSV; keys beyond these (question_type, primary) follow.
 ROW_COLUMNS = ("task", "subtask", "metric", "value", "n")
+
+
+def add_model_arguments(parser: Any, *, batch_size: bool = False) -> None:
+    """``--model`` and ``--device`` (and ``--batch-size``): the arguments of every eval that scores one model."""
+    parser.add_argument("--model", required=True, metavar="PATH",
+                        help="codemix checkpoint or run directory, or a local Hugging Face model directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
+    if batch_size:
+        parser.add_argument("--batch-size", type=int, metavar="N", help="sequences per forward pass (default: config)")
 
 
 def write_rows(rows: list[dict[str, Any]], path: str | Path) -> list[str]:

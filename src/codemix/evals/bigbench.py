@@ -546,13 +546,14 @@ def evaluate(model: Any, cfg: BigbenchEvalConfig, *, out_dir: str | Path, limit:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``codemix eval bigbench`` (the CLI adds --set and --study)."""
+    from codemix.evals import add_model_arguments
+
     parser.description = (
         "Zero-shot BIG-bench JSON tasks. Multiple-choice examples are scored by the log-probability of each "
         "option given the prompt (multiple_choice_grade, and a per-byte length-normalized variant); generative "
         "examples are decoded greedily to a newline and scored with the metrics the task declares "
         "(exact_str_match, bleu, rouge). Code tasks are left out unless named or --set include_code_tasks=true.")
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="codemix checkpoint or run directory, or a local Hugging Face model directory")
+    add_model_arguments(parser, batch_size=True)
     parser.add_argument("--tasks", metavar="a,b|DIR|FILE",
                         help="comma-separated task names (task or task:subtask), or a directory of task.json files, "
                              "or one task.json / BIG-bench JSONL (default: every non-code task of "
@@ -561,8 +562,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bigbench-results.csv", metavar="FILE",
                         help="tidy result rows as CSV (default: bigbench-results.csv); per-example outputs go to "
                              "the directory of the same name without .csv")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    parser.add_argument("--batch-size", type=int, metavar="N", help="sequences per forward pass (default: config)")
 
 
 def resolve_config(args: argparse.Namespace, name: str, cls: type) -> Any:

@@ -377,20 +377,20 @@ def _load(model: Any, device: str) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``codemix eval cogs|cogs_vf|passivization`` (the CLI adds --set and --study)."""
+    from codemix.evals import add_model_arguments
+
     parser.description = (
         "Finetune a pretrained model on the task's train split, then decode dev and gen greedily and "
         "report exact match (on gen also per lexical/structural category and per type) and, for COGS "
         "and COGS-vf, well-formedness of the logical forms. Finetuning options: --set finetune.steps=N, "
         "finetune.batch_size, finetune.lr, finetune.eval_every, finetune.max_train_examples."
     )
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="codemix checkpoint or run directory, or a local Hugging Face model directory")
+    add_model_arguments(parser)
     parser.add_argument("--limit", type=int, metavar="N",
                         help="evaluate at most N examples per split and type (quick checks; default: all)")
     parser.add_argument("--out", default=None, metavar="FILE",
                         help="result rows as CSV (default: <benchmark>-results.csv); per-example outputs and the "
                              "finetuning log go to the directory of the same name without .csv")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
     parser.add_argument("--finetuned-out", metavar="DIR",
                         help="also save the finetuned model here (Hugging Face format)")
 

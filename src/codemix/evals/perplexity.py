@@ -231,12 +231,13 @@ def evaluate(model: Any, cfg: PerplexityEvalConfig, *, out_dir: str | Path, limi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``codemix eval perplexity`` (the CLI adds --set and --study)."""
+    from codemix.evals import add_model_arguments
+
     parser.description = (
         "Bits-per-byte, perplexity, top-1 next-token accuracy and greedy next-line exact match per source, "
         "on the held-out documents of a study's sources (--study) and/or on any files (--files). "
         "Bits-per-byte is tokenizer-independent, so it compares languages and models directly.")
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="codemix checkpoint or run directory, or a local Hugging Face model directory")
+    add_model_arguments(parser, batch_size=True)
     parser.add_argument("--sources", metavar="a,b", help="study sources to score (default: all; needs --study)")
     parser.add_argument("--files", metavar="FILE,...",
                         help="extra files to score, each its own row group: JSONL/JSON with a text field, "
@@ -245,8 +246,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="perplexity-results.csv", metavar="FILE",
                         help="tidy result rows as CSV (default: perplexity-results.csv); details go to the "
                              "directory of the same name without .csv")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default: auto)")
-    parser.add_argument("--batch-size", type=int, metavar="N", help="sequences per forward pass (default: config)")
 
 
 def run(args: argparse.Namespace) -> int:
