@@ -29,3 +29,28 @@ def data_dir() -> Path:
     if not (path / "SOURCES.md").exists():
         pytest.fail(f"CODEMIX_DATA={path} is not the shared data mirror (no SOURCES.md); set CODEMIX_DATA")
     return path
+
+
+@pytest.fixture(scope="session")
+def pretrain_study():
+    """``pretrain_study(raw, root, heldout=False) -> (config, run directory)``, for module fixtures.
+
+    Validates a test study with one mixture, builds its data under ``root`` and pretrains it
+    (seed 0) into ``root / "run"``; with ``heldout`` the run scores every source's held-out
+    stream as it trains.
+    """
+    return _pretrain_study
+
+
+def _pretrain_study(raw: dict, root: Path, *, heldout: bool = False):
+    from codemix.config import validate_study
+    from codemix.data.mixture import mixture_specs, prepare_data
+    from codemix.train.pretrain import train
+
+    cfg = validate_study({**raw, "out": str(root)})
+    layout = prepare_data(cfg, progress=False)
+    (spec,) = mixture_specs(cfg.mixtures)
+    held = {s.name: layout.heldout_dir(s.name) for s in cfg.data.sources} if heldout else {}
+    train(cfg, mixture_dir=layout.mixture_dir(spec.setting, spec.m, spec.baseline), heldout=held,
+          tokenizer_path=layout.tokenizer_path, seed=0, out_dir=root / "run")
+    return cfg, root / "run"

@@ -12,7 +12,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from codemix.cli import main
-from codemix.config import CogsEvalConfig, load_study, validate_study
+from codemix.config import CogsEvalConfig, load_study
 from codemix.data.tokenizer import SPECIAL_TOKENS, hf_tokenizer
 from codemix.errors import CodemixError, DataError
 from codemix.evals.cogs import (
@@ -193,14 +193,10 @@ def tiny_gpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def codemix_t5(tmp_path_factory) -> Path:
+def codemix_t5(tmp_path_factory, pretrain_study) -> Path:
     """A tiny CodeT5-style model pretrained for two steps by codemix (its run directory)."""
-    from codemix.data.mixture import prepare_data
-    from codemix.train.pretrain import train
-
-    root = tmp_path_factory.mktemp("codemix_t5")
-    cfg = validate_study({
-        "name": "cogs-t5", "out": str(root),
+    _, run = pretrain_study({
+        "name": "cogs-t5",
         "data": {"seq_len": 64, "heldout_docs": 2, "workers": 1,
                  "tokenizer": {"vocab_size": 512, "sample_bytes_per_source": 30_000},
                  "sources": [{"name": "c4", "kind": "jsonl", "lang": "en", "max_docs": 40,
@@ -211,11 +207,8 @@ def codemix_t5(tmp_path_factory) -> Path:
         "model": {"arch": "t5", "preset": "tiny"},
         "pretrain": {"batch_size": 4, "warmup_steps": 1, "max_steps": 2, "eval_every": 2, "eval_batches": 1},
         "seeds": [0],
-    })
-    layout = prepare_data(cfg, root / "data", progress=False)
-    train(cfg, mixture_dir=layout.mixture_dir("competitive", 0.5, False), heldout={},
-          tokenizer_path=layout.tokenizer_path, seed=0, out_dir=root / "run")
-    return root / "run"
+    }, tmp_path_factory.mktemp("codemix_t5"))
+    return run
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -45,17 +45,9 @@ PY_ONLY_STUDY = {
 pytestmark = pytest.mark.xdist_group("evals-perplexity")
 
 @pytest.fixture(scope="module")
-def py_only(tmp_path_factory, data_dir):
+def py_only(tmp_path_factory, data_dir, pretrain_study):
     """(study config, run directory) of a tiny GPT pretrained with codemix on the Python-only mixture."""
-    from codemix.train.pretrain import train
-
-    root = tmp_path_factory.mktemp("py-only")
-    cfg = validate_study({**PY_ONLY_STUDY, "out": str(root)})
-    layout = prepare_data(cfg, progress=False)
-    run_dir = root / "train"
-    train(cfg, mixture_dir=layout.mixture_dir("competitive", 0.9), tokenizer_path=layout.tokenizer_path, seed=0,
-          heldout={s.name: layout.heldout_dir(s.name) for s in cfg.data.sources}, out_dir=run_dir)
-    return cfg, run_dir
+    return pretrain_study(PY_ONLY_STUDY, tmp_path_factory.mktemp("py-only"), heldout=True)
 
 
 def test_python_only_model_has_lower_bits_per_byte_on_python(py_only, tmp_path):

@@ -10,23 +10,19 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from codemix.cli import main
-from codemix.config import validate_study
-from codemix.data.mixture import prepare_data
 from codemix.data.tokenizer import EOS, load_tokenizer
 from codemix.errors import CheckpointError
 from codemix.models.export import export, gpt_to_llama, load_gpt, load_hf
 from codemix.models.gpt import GPT, GPTConfig
-from codemix.train.pretrain import train
 
 TEXTS = ["The river rose after three days of rain, and the town", "def area(r):\n    return 3.14159 * r ** 2\n"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir) -> Path:
+def run_dir(tmp_path_factory, data_dir, pretrain_study) -> Path:
     """A tiny GPT trained for 40 steps on a real mixture (so its weights are far from init)."""
-    root = tmp_path_factory.mktemp("export-study")
-    cfg = validate_study({
-        "name": "export", "out": str(root),
+    _, run = pretrain_study({
+        "name": "export",
         "data": {"seq_len": 64, "heldout_docs": 5, "tokenizer": {"vocab_size": 512, "sample_bytes_per_source": 100_000},
                  "sources": [{"name": "c4", "paths": ["nl_text/c4_sample_1000docs.json.gz"], "max_docs": 120},
                              {"name": "python", "lang": "python", "code": True,
@@ -35,12 +31,8 @@ def run_dir(tmp_path_factory, data_dir) -> Path:
         "model": {"arch": "gpt", "preset": "tiny", "n_kv_heads": 2, "tie_embeddings": False},
         "pretrain": {"batch_size": 8, "lr": 1.0e-2, "warmup_steps": 4, "max_steps": 40, "eval_every": 40,
                      "eval_batches": 1, "checkpoint_every": 20, "device": "cpu"},
-    })
-    layout = prepare_data(cfg, progress=False)
-    out = root / "run"
-    train(cfg, mixture_dir=layout.mixture_dir("competitive", 0.5), heldout={}, tokenizer_path=layout.tokenizer_path,
-          seed=0, out_dir=out)
-    return out
+    }, tmp_path_factory.mktemp("export-study"))
+    return run
 
 
 def test_exported_directory_loads_with_auto_classes_and_matches_logits(run_dir, tmp_path):

@@ -16,12 +16,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from codemix.config import FinetuneConfig, validate_study
+from codemix.config import FinetuneConfig
 from codemix.data.tokenizer import SPECIAL_TOKENS, hf_tokenizer
 from codemix.errors import CodemixError
 from codemix.evals.cogs import load_split, summarize
 from codemix.evals.handle import load_handle, save_tiny_model
 from codemix.train.finetune import IGNORE, check_tokenizer, collate, decode, encode_pairs, finetune, prompt_texts
+from codemix.train.pretrain import latest_checkpoint
 
 PAIRS = [("A rose was helped by a dog .", "help ( theme = rose , agent = dog )"),
          ("Emma rolled a teacher .", "roll ( agent = Emma , theme = teacher )")]
@@ -118,14 +119,10 @@ def _short(ex) -> bool:
 
 
 @pytest.fixture(scope="module")
-def pretrained_checkpoint(tmp_path_factory) -> Path:
+def pretrained_checkpoint(tmp_path_factory, pretrain_study) -> Path:
     """A tiny gpt pretrained for a few steps by codemix on a 50% code mixture (C4 + Python)."""
-    from codemix.data.mixture import prepare_data
-    from codemix.train.pretrain import train
-
-    root = tmp_path_factory.mktemp("pretrained")
-    cfg = validate_study({
-        "name": "finetune-test", "out": str(root),
+    _, run = pretrain_study({
+        "name": "finetune-test",
         "data": {"seq_len": 64, "heldout_docs": 5, "workers": 1,
                  "tokenizer": {"vocab_size": 1024, "sample_bytes_per_source": 60_000},
                  "sources": [
@@ -138,10 +135,8 @@ def pretrained_checkpoint(tmp_path_factory) -> Path:
         "pretrain": {"batch_size": 8, "lr": 3e-3, "warmup_steps": 5, "max_steps": 20, "eval_every": 20,
                      "eval_batches": 1},
         "seeds": [0],
-    })
-    layout = prepare_data(cfg, root / "data", progress=False)
-    return train(cfg, mixture_dir=layout.mixture_dir("competitive", 0.5, False), heldout={},
-                 tokenizer_path=layout.tokenizer_path, seed=0, out_dir=root / "run")
+    }, tmp_path_factory.mktemp("pretrained"))
+    return latest_checkpoint(run)
 
 
 def test_a_pretrained_codemix_model_learns_short_cogs_vf_sentences(pretrained_checkpoint, tmp_path):
