@@ -148,12 +148,14 @@ def test_masked_identifier_targets_respect_the_budget(t5_study, tokenizer, token
     assert len(targets) <= 12 and names
     full, _, all_names = mask_identifiers(chunk, found, sentinels=sentinels, eos_id=eos, max_target=1000)
     assert names == all_names[:len(names)]
-    # an input budget: names are masked only while the input keeps min_input tokens
+    # a fixed input length: names are masked only while the input keeps it, then the input is cut
     floor = (len(chunk) + len(full)) // 2
-    inputs, _, some_names = mask_identifiers(chunk, found, sentinels=sentinels, eos_id=eos, max_target=1000,
-                                             min_input=floor)
-    assert len(inputs) >= floor and 0 < len(some_names) < len(all_names)
+    inputs, targets, some_names = mask_identifiers(chunk, found, sentinels=sentinels, eos_id=eos, max_target=1000,
+                                                   input_len=floor)
+    assert len(inputs) == floor and 0 < len(some_names) < len(all_names)
     assert set(some_names) <= set(all_names)
+    predicted = [t for t in targets.tolist() if t in sentinels]  # every predicted name is still in the input
+    assert len(predicted) == len(some_names) and set(predicted) <= set(inputs.tolist())
 
 
 def test_unknown_language_and_non_byte_level_tokenizer_are_clear_errors():

@@ -109,24 +109,6 @@ class RowAnnotator:
         return token_doc_pairs(self.tokens[i], self.langs[i], self.token_bytes)
 
 
-def _cut_masked(inputs: np.ndarray, targets: np.ndarray, width: int, *, sentinels: Sequence[int],
-                eos_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Masked-identifier inputs cut to ``width``, and targets without the names no longer in them.
-
-    Targets are ``sentinel name-tokens`` pairs in order of the names' first occurrence, so
-    the names whose sentinel the cut removes are a suffix of the pairs.
-    """
-    if len(inputs) <= width:
-        return inputs, targets
-    inputs = inputs[:width]
-    visible = set(inputs.tolist())
-    is_sentinel = set(sentinels)
-    for k, token in enumerate(targets.tolist()):
-        if token in is_sentinel and token not in visible:
-            return inputs, np.append(targets[:k], eos_id).astype(np.int64)
-    return inputs, targets
-
-
 def build_examples(
     tokens: np.ndarray,
     langs: Sequence[str | None],
@@ -168,9 +150,8 @@ def build_examples(
         elif objective == MASKED_IDENTIFIER:
             found = rows.identifiers(i)
             inputs, targets, names = mask_identifiers(row, found, sentinels=vocab.sentinels, eos_id=vocab.eos,
-                                                      max_target=target_len, min_input=width)
-            inputs, targets = _cut_masked(inputs, targets, width, sentinels=vocab.sentinels, eos_id=vocab.eos)
-            if len(targets) > 1:
+                                                      max_target=target_len, input_len=width)
+            if names:
                 example = Example(MASKED_IDENTIFIER, inputs, targets=targets)
         elif objective == BIMODAL:
             pairs = rows.doc_pairs(i)
@@ -186,7 +167,7 @@ def build_examples(
                                              noise_density=noise_density, mean_span=mean_span, rng=rng)
         for i, x, y in zip(span_rows, inputs, targets):
             out[i] = Example(SPAN, x, targets=y)
-    # tags keep the row's length: the <eos> position is padded with -100 (not trained) by collate
+    # tags stop before the <eos>: collate pads its position with -100 (not trained)
     return [Example(e.objective, np.append(e.inputs, vocab.eos), e.targets, e.tags) for e in out]
 
 

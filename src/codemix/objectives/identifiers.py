@@ -565,7 +565,7 @@ def mask_identifiers(
     sentinels: Sequence[int],
     eos_id: int,
     max_target: int,
-    min_input: int = 0,
+    input_len: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[Hashable]]:
     """Masked identifier prediction (CodeT5 §3.2, MIP): hide every identifier, one sentinel per name.
 
@@ -575,9 +575,11 @@ def mask_identifiers(
     first occurrence), then ``<eos>``. Identifiers that cannot be masked cleanly (a token shared
     with other text, see :class:`TokenIdentifiers`), or that no longer fit into
     ``max_target`` target tokens or the available sentinels, stay visible and are not
-    predicted; so do names whose masking would leave the input shorter than ``min_input``
-    tokens (a batch of inputs of one length needs no padding). Returns ``(inputs, targets,
-    masked names)``.
+    predicted. With ``input_len`` the input is exactly that long (a batch of inputs of one
+    length needs no padding; ``tokens`` must be at least that long): names are masked only
+    while the input keeps ``input_len`` tokens, the input is then cut to them, and names with
+    no occurrence left before the cut are not predicted. Returns ``(inputs, targets, masked
+    names)``.
     """
     tokens = np.asarray(tokens, dtype=np.int64)
     bad = {name for name, ok in zip(found.names, found.maskable) if not ok}
@@ -597,12 +599,11 @@ def mask_identifiers(
         name_tokens = tokens[found.occurrence == k].tolist()
         if len(sentinel_of) == len(sentinels) or len(targets) + 1 + len(name_tokens) + 1 > max_target:
             break
-        if length - shrink[name] < min_input:
+        if input_len is not None and length - shrink[name] < input_len:
             continue
         length -= shrink[name]
         sentinel_of[name] = int(sentinels[len(sentinel_of)])
         targets += [sentinel_of[name], *name_tokens]
-    targets.append(eos_id)
 
     inputs: list[int] = []
     previous = -1
@@ -613,4 +614,13 @@ def mask_identifiers(
         elif occ != previous:  # the first token of an occurrence stands for all of it
             inputs.append(sentinel)
         previous = occ
+    if input_len is not None:
+        inputs = inputs[:input_len]
+        # sentinels go by first occurrence, so the names the cut removed are the last ones
+        visible = set(inputs)
+        cut = [name for name, sentinel in sentinel_of.items() if sentinel not in visible]
+        if cut:
+            targets = targets[: targets.index(sentinel_of[cut[0]])]
+            sentinel_of = {name: sentinel for name, sentinel in sentinel_of.items() if sentinel in visible}
+    targets.append(eos_id)
     return np.asarray(inputs, dtype=np.int64), np.asarray(targets, dtype=np.int64), list(sentinel_of)
