@@ -89,9 +89,10 @@ class CodeT5(nn.Module):
         """Per-objective mean losses for one batch.
 
         input_ids, attention_mask: (B, T) encoder inputs; pass None for a mask when no row is
-        padded (HF T5 then keeps one position bias for the batch instead of one per row). labels: (B, S) decoder targets, -100
-        where none (a tagging row has no target at all). tags: (B, T) identifier labels in
-        {0, 1}, -100 where not trained. objective: (B,) the objective index of each row.
+        padded (HF T5 then keeps one position bias for the batch instead of one per row).
+        labels: (B, S) decoder targets, -100 where none (a tagging row has no target at all).
+        tags: (B, T) identifier labels in {0, 1}, -100 where not trained. objective: (B,) the
+        objective index of each row.
         Returns ``{"seq2seq": (n_objectives,), "tagging": scalar, "counts": (n_objectives,)}``:
         the mean target-token cross-entropy of each objective's rows (0 where it has none), the
         mean tagging loss (0 without tagged tokens), and the number of target tokens per objective.

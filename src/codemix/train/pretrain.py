@@ -565,14 +565,17 @@ class HeldoutEval:
     Sources without held-out documents are skipped (with one warning). With ``source_ids``
     (for tasks whose objectives depend on the source, e.g. CodeT5's identifier objectives),
     batches are ``{"tokens", "source"}`` dicts, as the loader gives them in training.
+    ``batches_to_device`` as in :class:`LoopSpec`.
     """
 
     def __init__(self, heldout: dict[str, Path], loss_fn: Callable[[nn.Module, Any, int], dict],
                  *, seq_len: int, n_sequences: int, batch_size: int, ctx: DistContext,
-                 amp_dtype: torch.dtype | None = None, source_ids: dict[str, int] | None = None):
+                 amp_dtype: torch.dtype | None = None, source_ids: dict[str, int] | None = None,
+                 batches_to_device: bool = True):
         from codemix.data.streams import TokenStream
 
         self.loss_fn, self.ctx, self.amp_dtype, self.source_ids = loss_fn, ctx, amp_dtype, source_ids
+        self.batches_to_device = batches_to_device
         self.batches: dict[str, list[torch.Tensor]] = {}
         for source, directory in heldout.items():
             directory = Path(directory)
@@ -600,7 +603,7 @@ class HeldoutEval:
         for source, batches in self.batches.items():
             total = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # (sum of losses, sequences)
             for batch in batches:
-                inputs: Any = batch.to(self.ctx.device)
+                inputs: Any = batch.to(self.ctx.device) if self.batches_to_device else batch
                 if self.source_ids is not None:
                     inputs = {"tokens": inputs, "source": torch.full((len(batch),), self.source_ids[source])}
                 with autocast:
@@ -733,9 +736,11 @@ def train(cfg: Any, *, mixture_dir: str | Path, heldout: dict[str, Path], tokeni
         _truncate_log(out_dir / "log.jsonl", state.step)
 
     micro = p.batch_size // ctx.world_size // accum
+    batches_to_device = not getattr(task, "cpu_batches", False)  # CodeT5 builds its inputs on the CPU
     evaluator = HeldoutEval(heldout, task.loss, seq_len=cfg.data.seq_len, n_sequences=p.eval_batches * p.batch_size,
                             batch_size=micro, ctx=ctx, amp_dtype=amp_dtype,
-                            source_ids={s.name: i for i, s in enumerate(cfg.data.sources)} if needs_sources else None)
+                            source_ids={s.name: i for i, s in enumerate(cfg.data.sources)} if needs_sources else None,
+                            batches_to_device=batches_to_device)
     logger = RunLogger(out_dir / "log.jsonl", enabled=ctx.is_main, tensorboard=p.tensorboard, wandb=p.wandb,
                        run_name=f"{cfg.name}-{mixture_dir.name}-seed{seed}", config=cfg.model_dump(mode="json"))
     saved_paths: list[Path] = []
@@ -753,7 +758,7 @@ def train(cfg: Any, *, mixture_dir: str | Path, heldout: dict[str, Path], tokeni
                     lr=lambda step: lr_at(step, warmup=p.warmup_steps, total=total, lr=p.lr, min_ratio=p.min_lr_ratio),
                     log_every=p.log_every, eval_every=p.eval_every if evaluator.batches else None,
                     checkpoint_every=p.checkpoint_every,
-                    batches_to_device=not getattr(task, "cpu_batches", False))
+                    batches_to_device=batches_to_device)
     run_loop(model, optimizer, loader, task.loss, spec=spec, state=state, ctx=ctx, logger=logger,
              eval_fn=evaluator, checkpoint_fn=checkpoint)
     return saved_paths[-1] if saved_paths else _step_dir(ckpt_root, state.step)
