@@ -32,6 +32,7 @@ system-deps:
 	fi
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: install

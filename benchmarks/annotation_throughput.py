@@ -32,11 +32,11 @@ import numpy as np
 
 from codemix.config import DataConfig, SourceConfig
 from codemix.data.annotations import StreamAnnotations, build_annotations
+from codemix.data.identifiers import TokenBytes, token_doc_pairs, token_identifiers
 from codemix.data.streams import build_stream
 from codemix.data.tokenizer import build_tokenizer, load_tokenizer
 from codemix.io import available_cpus
 from codemix.objectives.codet5 import RowAnnotator, Vocab, build_examples, collate
-from codemix.objectives.identifiers import TokenBytes, token_doc_pairs, token_identifiers
 
 LANGS = ("python", "rust", "go")
 

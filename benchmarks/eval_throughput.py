@@ -66,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from codemix.config import BigbenchEvalConfig
     from codemix.evals import bigbench as bb
+    from codemix.evals.benchmark import EvalContext
     from codemix.evals.handle import load_handle
     from codemix.evals.perplexity import file_texts
+    from codemix.evals.registry import BENCHMARKS
 
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(args.model) if args.model else _tiny_model(Path(tmp), args.vocab)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def bigbench(tasks: list[str]) -> int:
             cfg = BigbenchEvalConfig(tasks=tasks, limit=args.limit, batch_size=args.batch_size)
-            rows = bb.evaluate(handle, cfg, out_dir=Path(tmp) / "bb")
+            rows = BENCHMARKS["bigbench"].evaluate(handle, cfg, EvalContext(out_dir=Path(tmp) / "bb"))
             return sum(r["n"] for r in rows if r["metric"] in ("multiple_choice_grade", "exact_str_match"))
 
         n_mc, t_mc = timed(lambda: bigbench(["general_knowledge", "implicatures"]))

@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from codemix.config import MbppConfig
 from codemix.evals.execution import LANGUAGES, Limits, Sandbox, isolation_mode
-from codemix.evals.mbpp import MbppConfig, build_program, load_mbpp, select_problems
+from codemix.evals.mbpp import build_program, load_mbpp, select_problems
 
 PLACEHOLDER = {"rs": "    unimplemented!()\n", "go": "    panic(\"unimplemented\")\n}\n"}
 

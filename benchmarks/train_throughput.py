@@ -254,21 +254,21 @@ def study_data(args: argparse.Namespace, preset: str) -> tuple[Any, list[dict[st
     """
     from codemix.config import load_study
     from codemix.data.loader import MixtureLoader
-    from codemix.data.mixture import mixture_specs, prepare_data
+    from codemix.data.mixture import mixture_specs
     from codemix.objectives.codet5 import CodeT5Task
+    from codemix.study.commands import build_data
 
     overrides = [*args.set, "model.arch=t5", f"model.preset={preset}", "model.dropout=0.0",
                  f"data.seq_len={args.seq_len}", f"pretrain.batch_size={args.batch_size}"]
     cfg = load_study(args.study, overrides)
-    layout = prepare_data(cfg)
+    data = build_data(cfg)  # the study's own data jobs, under its out directory
     spec = max((s for s in mixture_specs(cfg.mixtures) if not s.baseline), key=lambda s: s.m)
-    loader = MixtureLoader(layout.mixture_dir(spec.setting, spec.m, spec.baseline), batch_size=args.batch_size,
+    loader = MixtureLoader(data.mixture_dir(spec.setting, spec.m, spec.baseline), batch_size=args.batch_size,
                            seed=0, with_sources=True)
-    task = CodeT5Task(cfg, tokenizer_path=layout.tokenizer_path)
+    task = CodeT5Task(cfg, tokenizer_path=data.tokenizer_path)
     task.bind_streams([stream.dir for stream in loader.streams])
     needed = max(args.steps, args.warmup)
-    data = list(itertools.islice((batch for _ in range(needed) for batch in loader), needed))
-    return task, data
+    return task, list(itertools.islice((batch for _ in range(needed) for batch in loader), needed))
 
 
 def _device_name(device: torch.device) -> str:

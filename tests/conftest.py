@@ -43,14 +43,16 @@ def pretrain_study():
 
 
 def _pretrain_study(raw: dict, root: Path, *, heldout: bool = False):
+    # imported here: the HF_* variables above must be set before transformers is imported
     from codemix.config import validate_study
-    from codemix.data.mixture import mixture_specs, prepare_data
+    from codemix.data.mixture import mixture_specs
+    from codemix.study.commands import build_data
     from codemix.train.pretrain import train
 
     cfg = validate_study({**raw, "out": str(root)})
-    layout = prepare_data(cfg, progress=False)
+    data = build_data(cfg)
     (spec,) = mixture_specs(cfg.mixtures)
-    held = {s.name: layout.heldout_dir(s.name) for s in cfg.data.sources} if heldout else {}
-    train(cfg, mixture_dir=layout.mixture_dir(spec.setting, spec.m, spec.baseline), heldout=held,
-          tokenizer_path=layout.tokenizer_path, seed=0, out_dir=root / "run")
+    held = {s.name: data.heldout_dir(s.name) for s in cfg.data.sources} if heldout else {}
+    train(cfg, mixture_dir=data.mixture_dir(spec.setting, spec.m, spec.baseline), heldout=held,
+          tokenizer_path=data.tokenizer_path, seed=0, out_dir=root / "run")
     return cfg, root / "run"

@@ -1,23 +1,33 @@
 """The ``codemix`` command.
 
 Every command that reads a study file takes ``--set KEY=VALUE`` overrides (repeatable),
-e.g. ``--set pretrain.max_steps=40 --set model.arch=t5``. Stage implementations are
-imported lazily so ``codemix --help`` stays fast.
+e.g. ``--set pretrain.max_steps=40 --set model.arch=t5``.
+
+A command's module is imported when the command runs (:func:`_lazy`), so ``codemix --help``,
+``codemix data`` and ``codemix analyze`` do not load torch and transformers. ``codemix eval``
+takes its benchmarks and their options from the registry, which is imported when the
+command line names ``eval`` (or the full parser is asked for).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
+from rich.console import Console
+from rich.text import Text
+
+from codemix.config import reference_markdown
 from codemix.errors import CodemixError
 
 EPILOG = "Data directory: $CODEMIX_DATA, else ~/.cache/codemix. Docs: README.md."
 
 
 def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
+    """The command ``module:function``, imported when it runs."""
     module, _, func = target.partition(":")
 
     def call(args: argparse.Namespace) -> int:
@@ -32,7 +42,8 @@ def _study_args(p: argparse.ArgumentParser) -> None:
                    help="override a study field, e.g. --set pretrain.max_steps=40 (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, evals: bool = True) -> argparse.ArgumentParser:
+    """The parser of every command; ``evals=False`` leaves out the benchmark subcommands of ``eval``."""
     parser = argparse.ArgumentParser(
         prog="codemix",
         description="Controlled code-mixture studies: build NL/code mixtures, pretrain, evaluate, analyze.",
@@ -55,25 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     # mix
     p = sub.add_parser("mix", help="train the tokenizer, tokenize sources, build every mixture of a study",
-                       description="Build the study's tokenizer, token streams and mixture indexes, then print "
-                                   "target vs realized tokens per mixture. Work already done is reused.")
+                       description="Build the study's tokenizer, token streams and mixture indexes (jobs of the "
+                                   "study's graph, under <study.out>/jobs), then print target vs realized tokens "
+                                   "per mixture. Work already done is reused.")
     _study_args(p)
-    p.add_argument("--out", help="output directory (default: <study.out>/data)")
-    p.set_defaults(func=_lazy("codemix.data.mixture:cmd_mix"))
+    p.set_defaults(func=_lazy("codemix.study.commands:cmd_mix"))
 
     # train
-    p = sub.add_parser("train", help="pretrain one model on one mixture",
-                       description="Pretrain one model (gpt or t5, per the study) on one mixture and seed. "
-                                   "Prints the final checkpoint directory last.")
+    p = sub.add_parser("train", help="pretrain one model of a study (and build the data it needs)",
+                       description="Pretrain the study's model (gpt or t5) for one mixture and seed, as a job of "
+                                   "the study's graph: the data it needs is built first, an interrupted run "
+                                   "resumes from its last checkpoint, a finished one is reused. Prints the final "
+                                   "checkpoint directory last.")
     _study_args(p)
     p.add_argument("--setting", choices=["competitive", "additive"], required=True, help="mixture setting")
-    p.add_argument("--m", "--code-fraction", dest="m", type=float, required=True,
-                   help="code fraction of the mixture (--code-fraction: the same, for use under torchrun)")
+    p.add_argument("--m", type=float, required=True, help="code fraction of the mixture")
     p.add_argument("--seed", type=int, default=0, help="pretraining seed (default 0)")
     p.add_argument("--baseline", action="store_true", help="the language-only twin of the additive mixture at m")
-    p.add_argument("--out", help="run directory (default: <study.out>/train/<mixture>-seed<S>)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run directory")
-    p.set_defaults(func=_lazy("codemix.train.pretrain:cmd_train"))
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="train on N GPUs of this machine (torchrun with DDP, or FSDP2 with parallel.fsdp=true; "
+                        "default: executor.gpus_per_job)")
+    p.set_defaults(func=_lazy("codemix.study.commands:cmd_train"))
 
     # export
     p = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory",
@@ -83,24 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output directory")
     p.set_defaults(func=_lazy("codemix.models.export:cmd_export"))
 
-    # eval
-    from codemix.evals import BENCHMARKS
-
-    ev = sub.add_parser("eval", help="evaluate a model on a benchmark")
-    esub = ev.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
-    for name, module in BENCHMARKS.items():
-        bp = esub.add_parser(name, help=f"{name} benchmark")
-        bp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a field of this benchmark's config (see `codemix config-reference`, section "
-                             f"evals.{name}), e.g. --set limit=20")
-        bp.add_argument("--study", help="study YAML to take this benchmark's config (and sources) from")
-        bp.set_defaults(func=_lazy(f"{module}:run"), _add_args=module)
-    # Each benchmark's own options come from its module (one place to add one).
-    for name, bp in esub.choices.items():
-        try:
-            importlib.import_module(BENCHMARKS[name]).add_arguments(bp)
-        except (ImportError, AttributeError):  # module not built yet: the command reports it when run
-            pass
+    # eval: one subcommand per benchmark of the registry
+    ev = sub.add_parser("eval", help="evaluate a model on a benchmark",
+                        description="Evaluate a codemix checkpoint or any local Hugging Face model on one "
+                                    "benchmark. Rows carry the checkpoint's study, setting, m and seed.")
+    if evals:
+        importlib.import_module("codemix.study.commands").add_eval_parsers(ev)
 
     # analyze
     p = sub.add_parser("analyze", help="regressions, permutation tests, figures and report from result rows",
@@ -119,41 +120,33 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = st.add_subparsers(dest="study_command", required=True, metavar="ACTION")
     p = ssub.add_parser("plan", help="print the job graph with estimated compute and what is done")
     _study_args(p)
-    p.set_defaults(func=_lazy("codemix.study.plan:cmd_plan"))
-    p = ssub.add_parser("run", help="run every job not yet done (local or SLURM executor)")
+    p.set_defaults(func=_lazy("codemix.study.commands:cmd_plan"))
+    p = ssub.add_parser("run", help="run every job not yet done (local or SLURM executor)",
+                        description="Run every job of the study that is not done. Several drivers may run one "
+                                    "study at once (e.g. a login node and a laptop on one file system): each job "
+                                    "runs once, in whichever driver takes its lock first.")
     _study_args(p)
     p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], help="override executor.kind")
-    p.set_defaults(func=_lazy("codemix.study.executors:cmd_run"))
+    p.set_defaults(func=_lazy("codemix.study.commands:cmd_run"))
     p = ssub.add_parser("status", help="counts per stage and state, and each failure's error")
     _study_args(p)
     p.add_argument("--export", metavar="FILE", help="write all result rows to FILE (.csv or .parquet)")
-    p.set_defaults(func=_lazy("codemix.study.store:cmd_status"))
+    p.set_defaults(func=_lazy("codemix.study.commands:cmd_status"))
 
     p = sub.add_parser("config-reference", help="print the study YAML reference (every field and its meaning)")
-    p.set_defaults(func=lambda args: _print_reference())
+    p.set_defaults(func=lambda args: print(reference_markdown()) or 0)
     return parser
 
 
-def _print_reference() -> int:
-    from codemix.config import reference_markdown
-
-    print(reference_markdown())
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     if not sys.stdout.isatty():  # logs and pipes: rich would wrap every table at 80 columns
         os.environ.setdefault("COLUMNS", "120")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(evals=bool(argv) and argv[0] == "eval")
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CodemixError as err:
-        from rich.console import Console
-        from rich.text import Text
-
         Console(stderr=True).print(Text("error: ", style="bold red") + Text(str(err)))
         return 2
     except KeyboardInterrupt:

@@ -14,35 +14,48 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from rich.console import Console
+from rich.panel import Panel
+from rich.syntax import Syntax
 
 from codemix.errors import ConfigError
-from codemix.evals.mbpp import MbppConfig
+from codemix.io import atomic_write_text
 
 __all__ = [
     "AnalysisConfig",
+    "BenchmarkConfig",
     "BigbenchEvalConfig",
     "CogsEvalConfig",
+    "CogsVfEvalConfig",
     "DataConfig",
     "EvalsConfig",
     "ExecutorConfig",
     "FinetuneConfig",
+    "Labels",
+    "EXEC_LANGUAGES",
     "MAX_M",
+    "MbppConfig",
     "MixturesConfig",
     "ModelConfig",
     "ObjectivesConfig",
     "ParallelConfig",
+    "PassivizationEvalConfig",
     "PerplexityEvalConfig",
     "PretrainConfig",
     "SourceConfig",
     "StudyConfig",
     "TokenizerConfig",
     "apply_overrides",
+    "configure",
     "load_study",
+    "normalize_language",
     "print_config",
     "save_config",
     "validate_study",
@@ -50,6 +63,29 @@ __all__ = [
 
 #: Largest code fraction allowed per setting (DESIGN.md, "Mixtures").
 MAX_M = {"competitive": 0.9, "additive": 0.5}
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Which model: its study, mixture (setting, m, baseline), seed and code composition (arm).
+
+    These are the label columns of a result row (DESIGN.md, "Result rows"); a checkpoint
+    records them. A model from outside a study has every field empty (``None``).
+    """
+
+    study: str | None = None
+    setting: str | None = None
+    m: float | None = None
+    baseline: bool | None = None
+    seed: int | None = None
+    arm: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Labels:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 class _Config(BaseModel):
@@ -260,7 +296,33 @@ class FinetuneConfig(_Config):
     """Seed of the finetuning data order."""
 
 
-class CogsEvalConfig(_Config):
+class BenchmarkConfig(_Config):
+    """The config section of one benchmark (``evals.<section>`` of a study file).
+
+    Each subclass names its section (``class X(BenchmarkConfig, section="mbpp")``); the
+    study's ``evals`` schema (:class:`EvalsConfig`) has one optional field per section, and
+    ``codemix.evals.registry`` pairs each section with the benchmark that runs it.
+    """
+
+    section: ClassVar[str] = ""
+    _sections: ClassVar[dict[str, type[BenchmarkConfig]]] = {}
+
+    def __init_subclass__(cls, section: str = "", **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if section:
+            assert section not in BenchmarkConfig._sections, f"two benchmark configs for section {section!r}"
+            cls.section = section
+            BenchmarkConfig._sections[section] = cls
+
+    @classmethod
+    def sections(cls) -> dict[str, type[BenchmarkConfig]]:
+        """Every benchmark section, by name, in declaration order."""
+        return dict(BenchmarkConfig._sections)
+
+
+class CogsEvalConfig(BenchmarkConfig, section="cogs"):
+    """COGS (Kim & Linzen 2020): finetune, then exact match on gen by type."""
+
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     """Finetuning before evaluation."""
     limit: int | None = Field(None, gt=0)
@@ -271,7 +333,17 @@ class CogsEvalConfig(_Config):
     """Longest decoded output, in tokens (default: the longest evaluated target + 1, so no gold output is cut)."""
 
 
-class BigbenchEvalConfig(_Config):
+class CogsVfEvalConfig(CogsEvalConfig, section="cogs_vf"):
+    """Variable-free COGS (Qiu et al. 2022)."""
+
+
+class PassivizationEvalConfig(CogsEvalConfig, section="passivization"):
+    """English passivization (Mueller et al. 2022)."""
+
+
+class BigbenchEvalConfig(BenchmarkConfig, section="bigbench"):
+    """Zero-shot BIG-bench JSON tasks."""
+
     tasks: list[str] = Field(default_factory=list)
     """Task names (empty: every non-code task of the data directory's BIG-bench file)."""
     path: str | None = None
@@ -284,7 +356,9 @@ class BigbenchEvalConfig(_Config):
     """Keep tasks whose keywords mark them as code tasks (excluded by default, as in the paper)."""
 
 
-class PerplexityEvalConfig(_Config):
+class PerplexityEvalConfig(BenchmarkConfig, section="perplexity"):
+    """Bits-per-byte, perplexity, next-token and next-line accuracy per source."""
+
     sources: list[str] = Field(default_factory=list)
     """Sources whose held-out documents are scored (empty: every source of the study)."""
     files: list[str] = Field(default_factory=list)
@@ -297,23 +371,84 @@ class PerplexityEvalConfig(_Config):
     """Sequences per forward pass."""
 
 
-class EvalsConfig(_Config):
-    cogs: CogsEvalConfig | None = None
-    """COGS (Kim & Linzen 2020): finetune, then exact match on gen by type."""
-    cogs_vf: CogsEvalConfig | None = None
-    """Variable-free COGS (Qiu et al. 2022)."""
-    passivization: CogsEvalConfig | None = None
-    """English passivization (Mueller et al. 2022)."""
-    bigbench: BigbenchEvalConfig | None = None
-    """Zero-shot BIG-bench JSON tasks."""
-    perplexity: PerplexityEvalConfig | None = None
-    """Bits-per-byte, perplexity, next-token and next-line accuracy per source."""
-    mbpp: MbppConfig | None = None
+#: Languages the execution sandbox runs (MultiPL-E's names), and the aliases it accepts.
+EXEC_LANGUAGES = ("py", "rs", "go")
+_LANGUAGE_ALIASES = {"python": "py", "python3": "py", "rust": "rs", "golang": "go", "go_test.go": "go"}
+
+
+def normalize_language(name: str) -> str:
+    """``py``/``rs``/``go`` for a language name or alias (``python``, ``rust``, ``golang``)."""
+    key = _LANGUAGE_ALIASES.get(name.lower(), name.lower())
+    if key not in EXEC_LANGUAGES:
+        raise ValueError(f"unknown language {name!r}; expected one of {', '.join(EXEC_LANGUAGES)} "
+                         f"(or {', '.join(_LANGUAGE_ALIASES)})")
+    return key
+
+
+class MbppConfig(BenchmarkConfig, section="mbpp"):
     """MBPP / MultiPL-E in Python, Rust and Go with sandboxed execution and pass@k."""
 
-    def enabled(self) -> dict[str, Any]:
+    langs: list[str] = Field(default_factory=lambda: list(EXEC_LANGUAGES))
+    """Languages: py, rs, go (aliases python, rust, golang)."""
+    n: int = Field(1, gt=0)
+    """Samples per problem."""
+    k: list[int] = Field(default_factory=lambda: [1])
+    """pass@k reported for each k (every k <= n)."""
+    temperature: float | None = Field(None, ge=0.0)
+    """Sampling temperature (default: 0.0 when n == 1, else 0.8)."""
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    """Nucleus sampling mass."""
+    max_new_tokens: int = Field(256, gt=0)
+    """Longest completion, in tokens."""
+    limit: int | None = Field(None, gt=0)
+    """At most this many problems per language."""
+    problems: str | None = None
+    """A MultiPL-E-format JSONL file, or `mbpp` / `mbpp-sanitized` (original MBPP, Python); default: MultiPL-E MBPP."""
+    common_only: bool = False
+    """Only problems present in every chosen language."""
+    completions: str | None = None
+    """Score these completions instead of generating: a JSONL file of name, language, completion, or `reference` (the problems' reference solutions: a check of the harness)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Wall-clock limit per program run, in seconds (compiling gets extra time)."""
+    workers: int = Field(0, ge=0)
+    """Parallel sandbox workers (0: one per CPU)."""
+    seed: int = 0
+    """Generation seed."""
+    batch_size: int = Field(16, gt=0)
+    """Prompts per generate call."""
+
+    @field_validator("langs")
+    @classmethod
+    def _langs(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one language is needed")
+        return list(dict.fromkeys(normalize_language(x) for x in v))
+
+    @model_validator(mode="after")
+    def _check(self) -> MbppConfig:
+        bad = [k for k in self.k if k < 1 or k > self.n]
+        if bad or not self.k:
+            raise ValueError(f"k must be a non-empty list of 1 <= k <= n = {self.n}; found {self.k}"
+                             + (f" (use --n {max(self.k)} or more)" if bad else ""))
+        return self
+
+    @property
+    def sampling_temperature(self) -> float:
+        """``temperature``, else greedy for one sample and 0.8 for several."""
+        return self.temperature if self.temperature is not None else (0.0 if self.n == 1 else 0.8)
+
+
+class _EvalsBase(_Config):
+    def enabled(self) -> dict[str, BenchmarkConfig]:
         """Benchmarks that are configured, by name."""
         return {name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None}
+
+
+#: The study's ``evals`` section: one optional field per benchmark section (see :class:`BenchmarkConfig`).
+EvalsConfig = create_model(
+    "EvalsConfig", __base__=_EvalsBase, __doc__="Benchmarks to run on every checkpoint.",
+    **{name: (cls | None, Field(None, description=cls.__doc__)) for name, cls in BenchmarkConfig.sections().items()},
+)
 
 
 # ----------------------------------------------------------------------------- analysis and execution
@@ -567,8 +702,6 @@ def to_yaml(cfg: BaseModel) -> str:
 
 def save_config(cfg: BaseModel, directory: str | Path, name: str = "config.yaml") -> Path:
     """Save the resolved config beside an artifact (atomically)."""
-    from codemix.io import atomic_write_text
-
     path = Path(directory) / name
     atomic_write_text(path, to_yaml(cfg))
     return path
@@ -576,16 +709,32 @@ def save_config(cfg: BaseModel, directory: str | Path, name: str = "config.yaml"
 
 def print_config(cfg: BaseModel, title: str = "resolved config") -> None:
     """Print the resolved config (rich, to stderr so stdout stays machine-readable)."""
-    from rich.console import Console
-    from rich.panel import Panel
-    from rich.syntax import Syntax
-
     Console(stderr=True).print(Panel(Syntax(to_yaml(cfg), "yaml", theme="ansi_dark"), title=title, expand=False))
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def configure(cls: type[C], base: C | None = None, overrides: list[str] | None = None, *,
+              where: str = "", **values: Any) -> C:
+    """One config section, resolved the way every command resolves it.
+
+    Start from ``base`` (e.g. a study's section) or the defaults, apply ``--set KEY=VALUE``
+    ``overrides``, then the explicit ``values`` (command-line flags; ``None`` means not given),
+    and validate once: every problem is reported together, in the format of a study file's.
+    """
+    # only what was set: derived defaults (e.g. mbpp's temperature from n) follow the new values
+    raw = apply_overrides(base.model_dump(exclude_unset=True) if base is not None else {}, overrides)
+    raw.update({k: v for k, v in values.items() if v is not None})
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_pydantic_problems(err), where or None) from None
 
 
 def _type_name(ann: Any) -> str:
     text = repr(ann) if not isinstance(ann, type) else ann.__name__
-    for noise in ("typing.", "codemix.config.", "codemix.evals.mbpp.", "<class '", "'>"):
+    for noise in ("typing.", "codemix.config.", "<class '", "'>"):
         text = text.replace(noise, "")
     return text.replace("NoneType", "None")
 

@@ -24,6 +24,7 @@ __all__ = [
     "fork_pool",
     "read_commits",
     "read_json",
+    "replace_dir",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -86,14 +87,25 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
+    replace_dir(tmp, path)
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Rename the complete directory ``src`` to ``dst`` (same file system), swapping out an existing ``dst``.
+
+    The old ``dst`` is moved aside first and removed after, so ``dst`` is never missing for
+    longer than between two renames and never half-written.
+    """
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, path)
-    _fsync_dir(path.parent)
+        os.replace(src, dst)
+    _fsync_dir(dst.parent)
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from codemix.config import StudyConfig, validate_study
-from codemix.data.mixture import DataLayout, prepare_data
+from codemix.study.commands import StudyData, build_data
 
 SEQ_LEN = 64
 N_TOKENS = 12_000
@@ -60,14 +60,14 @@ def study(data_dir: Path) -> StudyConfig:
 
 
 @pytest.fixture(scope="session")
-def built(study: StudyConfig, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> DataLayout:
+def built(study: StudyConfig, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> StudyData:
     """The small study's tokenizer, streams and mixtures, built once for all xdist workers.
 
     The first worker builds under a lock in the directory the workers share; the others
-    wait, then find every step complete (each step is idempotent) and reuse it.
+    wait, then find every job of the study's graph done and reuse it.
     """
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if worker_id != "master" else base
     with open(shared / "codemix-data-built.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        return prepare_data(study, shared / "codemix-data-built", progress=False)
+        return build_data(study.model_copy(update={"out": str(shared / "codemix-data-built")}))

@@ -12,16 +12,11 @@ import pytest
 from codemix.config import DataConfig, SourceConfig
 from codemix.data import annotations
 from codemix.data.annotations import StreamAnnotations, annotation_dir, build_annotations
+from codemix.data.identifiers import TokenBytes, TokenIdentifiers, token_doc_pairs, token_identifiers
 from codemix.data.streams import TokenStream, build_stream, write_stream
 from codemix.data.tokenizer import EOS, SENTINELS, build_tokenizer, load_tokenizer
 from codemix.errors import CodemixError, DataError
-from codemix.objectives.identifiers import (
-    TokenBytes,
-    TokenIdentifiers,
-    mask_identifiers,
-    token_doc_pairs,
-    token_identifiers,
-)
+from codemix.objectives.identifiers import mask_identifiers
 
 LANGS = ("python", "rust", "go")
 BUDGET = 150_000  # tokens per stream: 30 to 60 documents of the mirror's code

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
 from codemix.config import validate_study
-from codemix.data.mixture import prepare_data
-from codemix.errors import ConfigError, DataError
+from codemix.errors import CodemixError, ConfigError, DataError
+from codemix.study.commands import build_data
 
 from .conftest import small_study_raw
 
@@ -73,7 +74,13 @@ def test_data_errors_at_build_time(built, tmp_path):
     raw = small_study_raw()
     raw["data"]["tokenizer"] = {"path": str(built.tokenizer_path)}  # an existing tokenizer: no training
     raw["data"]["sources"][2]["max_docs"] = 6  # python: 1 training document, far too few tokens for N_code
-    with pytest.raises(DataError, match=r"insufficient tokens for source python: need \d+, have \d+"):
-        prepare_data(validate_study(raw), tmp_path / "b", progress=False)
-    # mixtures are written whole or not at all: no temporary directory is left behind
-    assert not [p for p in (tmp_path / "b" / "mixtures").iterdir() if p.name.startswith(".")]
+    raw["out"] = str(tmp_path / "b")
+    with pytest.raises(CodemixError, match=r"insufficient tokens for source python: need \d+, have \d+"):
+        build_data(validate_study(raw))
+    # mixtures are written whole or not at all: only complete ones (those without python) are there
+    built_mixtures = list((tmp_path / "b" / "jobs" / "mixture").iterdir())
+    assert built_mixtures and all((d / "DONE").is_file() and (d / "index.npy").is_file() for d in built_mixtures)
+    assert not any("python" in json.loads((d / "mixture.json").read_text())["tokens"] and
+                   json.loads((d / "mixture.json").read_text())["tokens"]["python"] for d in built_mixtures)
+    # failed attempts leave no work directory, only their logs (the error tail is in failures/)
+    assert all(p.suffix == ".log" for p in (tmp_path / "b" / "work" / "mixture").iterdir())

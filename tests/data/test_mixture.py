@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from codemix.config import validate_study
-from codemix.data.mixture import (MixtureSpec, build_mixture, mixture_name, mixture_specs, prepare_data,
-                                  stream_budgets)
+from codemix.data.mixture import MixtureSpec, build_mixture, mixture_name, mixture_specs, stream_budgets
 from codemix.data.streams import TokenStream
 from codemix.errors import DataError
 from codemix.io import sha256_file
+from codemix.study.commands import build_data
 
 from .conftest import N_TOKENS, SEQ_LEN, small_study_raw
 
@@ -61,10 +61,13 @@ def test_every_mixture_matches_the_formulas(built, study):
 
 
 def test_baselines_are_language_only_twins_of_additive(built, study):
+    # at m = 0 the three language-only mixtures have the same content: one job, one directory
+    zero = {built.mixture_dir(s, 0.0, b) for s, b in (("competitive", False), ("additive", False), ("additive", True))}
+    assert len(zero) == 1
     for m in (0.0, 0.2, 0.4, 0.5):
         base, _ = load(built, MixtureSpec("additive", m, True))
         add, _ = load(built, MixtureSpec("additive", m))
-        assert base["baseline"] and base["realized_m"] == 0
+        assert (base["baseline"] or m == 0) and base["realized_m"] == 0
         assert base["tokens"]["python"] == base["tokens"]["rust"] == 0
         assert abs(base["tokens_total"] - add["tokens_total"]) <= 2 * SEQ_LEN
 
@@ -92,7 +95,7 @@ def test_same_config_gives_identical_artifacts_with_any_worker_count(built, stud
     """Determinism: a fresh build (one worker instead of two) writes byte-identical files."""
     raw = small_study_raw()
     raw["data"]["workers"] = 1
-    again = prepare_data(validate_study(raw), tmp_path / "again", progress=False)
+    again = build_data(validate_study({**raw, "out": str(tmp_path / "again")}))
     assert sha256_file(again.tokenizer_path) == sha256_file(built.tokenizer_path)
     for s in study.data.sources:
         for rel in ("tokens.bin", "docs.npy", "heldout/tokens.bin", "heldout/docs.jsonl.gz"):
@@ -104,9 +107,9 @@ def test_same_config_gives_identical_artifacts_with_any_worker_count(built, stud
 
 
 def test_rebuilding_is_a_no_op(built, study):
-    files = sorted(p for p in built.root.rglob("*") if p.is_file() and p.name != "study.yaml")
+    files = sorted(p for p in (built.root / "jobs").rglob("*") if p.is_file())
     before = {p: p.stat().st_mtime_ns for p in files}
-    prepare_data(study, built.root, progress=False)
+    build_data(study.model_copy(update={"out": str(built.root)}))
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
@@ -153,7 +156,7 @@ def test_competitive_high_m_and_names(built, study, tmp_path):
     assert mixture_name("competitive", 0.25, False) == "competitive-m0.25"
     assert mixture_name("additive", 0.5, True) == "baseline-m0.5"
     assert mixture_name("additive", 0, False) == "additive-m0"
-    assert Path(built.mixture_dir("additive", 0.5, True)).name == "baseline-m0.5"
+    assert Path(built.mixture_dir("additive", 0.5, True)).name.startswith("baseline-m0.5-")  # + its key
 
 
 def test_codemix_mix_prints_target_vs_realized(built, study, tmp_path, capsys, monkeypatch):
@@ -167,12 +170,12 @@ def test_codemix_mix_prints_target_vs_realized(built, study, tmp_path, capsys, m
     path.write_text(yaml.safe_dump(study.model_dump(mode="json")))
     index = built.mixture_dir("additive", 0.4) / "index.npy"
     before = index.stat().st_mtime_ns
-    assert main(["mix", str(path), "--out", str(built.root)]) == 0
+    assert main(["mix", str(path), "--set", f"out={built.root}"]) == 0
     out = capsys.readouterr().out
     assert index.stat().st_mtime_ns == before
     info = json.loads((built.mixture_dir("additive", 0.4) / "mixture.json").read_text())
     row = next(line for line in out.splitlines() if "additive-m0.4" in line and "python" in line)
     assert f"{round(info['target_tokens']['python']):,}" in row and f"{info['tokens']['python']:,}" in row
-    assert "baseline-m0.5" in out and f"data ready in {built.root}" in out
-    assert main(["mix", str(path), "--out", str(built.root), "--set", "mixtures.m=[0.7]"]) == 2
+    assert "baseline-m0.5" in out and f"data ready in {built.root / 'jobs'}" in out
+    assert main(["mix", str(path), "--set", f"out={built.root}", "--set", "mixtures.m=[0.7]"]) == 2
     assert "m=0.7 is above 0.5, the maximum for the additive setting" in capsys.readouterr().err

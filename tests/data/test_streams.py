@@ -16,6 +16,8 @@ from codemix.data.streams import TokenStream, build_stream
 from codemix.data.tokenizer import EOS, load_tokenizer
 from codemix.errors import DataError
 from codemix.io import sha256_file
+from codemix.study.commands import StudyData
+from codemix.study.graph import plan_study
 
 # Tests sharing the session-built study run in one xdist worker, so it is built once.
 pytestmark = pytest.mark.xdist_group("data_built")
@@ -71,48 +73,74 @@ def test_budgets_nest_and_kill_resume_gives_the_same_stream(built, study, tmp_pa
     np.testing.assert_array_equal(np.asarray(main.tokens[: small.n_tokens]), np.asarray(small.tokens))
 
 
-def copy_study_data(built, tmp_path: Path) -> Path:
+def test_a_longer_budget_extends_the_stream_and_keeps_its_prefix(built, study, tmp_path):
+    """A stream is keyed without its budget: growing it tokenizes only the new documents, and the result
+    is byte for byte the stream a fresh build with the larger budget writes."""
+    src = study.source("c4")
+    kw = dict(progress=False, chunk_chars=2_000, workers=1)
+    short = build_stream(src, study.data, built.tokenizer_path, tmp_path / "short", budget_tokens=1500, **kw)
+    prefix = np.asarray(short.tokens).copy()
+    extended = build_stream(src, study.data, built.tokenizer_path, tmp_path / "grown", budget_tokens=5000,
+                            extend=tmp_path / "short", **kw)
+    fresh = build_stream(src, study.data, built.tokenizer_path, tmp_path / "fresh", budget_tokens=5000, **kw)
+    assert extended.meta["sha256"] == fresh.meta["sha256"] and extended.meta["key"] == short.meta["key"]
+    np.testing.assert_array_equal(np.asarray(extended.tokens[: len(prefix)]), prefix)
+    np.testing.assert_array_equal(extended.doc_ends, fresh.doc_ends)
+    assert sha256_file(tmp_path / "grown" / "heldout" / "tokens.bin") == sha256_file(
+        tmp_path / "fresh" / "heldout" / "tokens.bin")
+    extended.verify()
+    # growing in place (no `extend`): the directory's own stream is the prefix
+    in_place = build_stream(src, study.data, built.tokenizer_path, tmp_path / "short", budget_tokens=5000, **kw)
+    assert in_place.meta["sha256"] == fresh.meta["sha256"]
+    # a stream of another source (or tokenizer, or held-out split) cannot be extended
+    with pytest.raises(DataError, match="cannot extend"):
+        build_stream(study.source("wiki"), study.data, built.tokenizer_path, tmp_path / "x", budget_tokens=9000,
+                     extend=tmp_path / "fresh", **kw)
+
+
+def copy_study_data(built, tmp_path: Path) -> StudyData:
+    """A copy of the built study's data: the same jobs (same keys) under another out directory."""
     root = tmp_path / "copy"
-    shutil.copytree(built.root, root)
-    return root
+    shutil.copytree(built.root / "jobs", root / "jobs")
+    return StudyData(plan_study(built.plan.cfg, root=root))
 
 
 def test_corrupt_token_file_is_detected_by_sha256(built, tmp_path):
-    root = copy_study_data(built, tmp_path)
-    path = root / "streams" / "python" / "tokens.bin"
+    copy = copy_study_data(built, tmp_path)
+    path = copy.stream_dir("python") / "tokens.bin"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    stream = TokenStream(root / "streams" / "python")  # same size: opens
+    stream = TokenStream(copy.stream_dir("python"))  # same size: opens
     with pytest.raises(DataError, match=r"tokens.bin is corrupt: sha256"):
         stream.verify()
     with pytest.raises(DataError, match=r"corrupt"):  # the loader checks small streams on open
-        MixtureLoader(root / "mixtures" / "competitive-m0.4", batch_size=4, seed=0)
-    MixtureLoader(root / "mixtures" / "competitive-m0", batch_size=4, seed=0)  # does not read python
+        MixtureLoader(copy.mixture_dir("competitive", 0.4), batch_size=4, seed=0)
+    MixtureLoader(copy.mixture_dir("competitive", 0.0), batch_size=4, seed=0)  # does not read python
 
 
 def test_truncated_token_file_is_detected(built, tmp_path):
-    root = copy_study_data(built, tmp_path)
-    path = root / "streams" / "rust" / "tokens.bin"
+    copy = copy_study_data(built, tmp_path)
+    path = copy.stream_dir("rust") / "tokens.bin"
     path.write_bytes(path.read_bytes()[:-6])
     with pytest.raises(DataError, match=r"truncated"):
-        TokenStream(root / "streams" / "rust")
+        TokenStream(copy.stream_dir("rust"))
     with pytest.raises(DataError, match=r"truncated"):
-        MixtureLoader(root / "mixtures" / "additive-m0.2", batch_size=4, seed=0)
-    docs = root / "streams" / "go" / "heldout" / "docs.npy"
+        MixtureLoader(copy.mixture_dir("additive", 0.2), batch_size=4, seed=0)
+    docs = copy.heldout_dir("go") / "docs.npy"
     np.save(docs, np.load(docs)[:-1])
     with pytest.raises(DataError, match=r"does not match meta.json"):
-        TokenStream(root / "streams" / "go" / "heldout")
+        TokenStream(copy.heldout_dir("go"))
 
 
 def test_incomplete_stream_is_rebuilt(built, study, tmp_path):
-    root = copy_study_data(built, tmp_path)
-    meta = root / "streams" / "rust" / "meta.json"
+    copy = copy_study_data(built, tmp_path)
+    meta = copy.stream_dir("rust") / "meta.json"
     meta.unlink()
     with pytest.raises(DataError, match="meta.json missing"):
-        TokenStream(root / "streams" / "rust")
+        TokenStream(copy.stream_dir("rust"))
     budget = built_budget = TokenStream(built.stream_dir("rust")).meta["budget_tokens"]
-    stream = build_stream(study.source("rust"), study.data, root / "tokenizer.json", root / "streams" / "rust",
+    stream = build_stream(study.source("rust"), study.data, copy.tokenizer_path, copy.stream_dir("rust"),
                           budget_tokens=budget, progress=False)
     assert stream.meta["sha256"] == TokenStream(built.stream_dir("rust")).meta["sha256"] and built_budget
 

@@ -7,8 +7,17 @@ import json
 import pytest
 
 from codemix.config import validate_study
-from codemix.data.tokenizer import (EOS, PAD, SENTINELS, SEP, build_tokenizer, hf_tokenizer, load_tokenizer,
-                                    tokenizer_hash, training_sample)
+from codemix.data.tokenizer import (
+    EOS,
+    PAD,
+    SENTINELS,
+    SEP,
+    build_tokenizer,
+    hf_tokenizer,
+    load_tokenizer,
+    tokenizer_hash,
+    training_sample,
+)
 from codemix.errors import DataError
 
 from .conftest import small_study_raw

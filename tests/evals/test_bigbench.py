@@ -16,8 +16,10 @@ from codemix.config import BigbenchEvalConfig, DataConfig
 from codemix.data.tokenizer import build_tokenizer, hf_tokenizer
 from codemix.errors import DataError
 from codemix.evals import bigbench as bb
+from codemix.evals.benchmark import EvalContext
 from codemix.evals.handle import load_handle, save_tiny_model
-
+from codemix.evals.registry import BENCHMARKS
+from codemix.evals.rows import COLUMNS
 
 # One worker per module under `pytest -n 2 --dist loadgroup`: the module's fixtures are built once.
 pytestmark = pytest.mark.xdist_group("evals-bigbench")
@@ -97,7 +99,7 @@ def direct_logprob(model, tok, context: str, continuation: str) -> float:
 
 def test_multiple_choice_scores_equal_direct_log_probs(handle, tmp_path):
     cfg = BigbenchEvalConfig(tasks=["general_knowledge", "cause_and_effect:one_sentence"], limit=4, batch_size=5)
-    rows = bb.evaluate(handle, cfg, out_dir=tmp_path)
+    rows = BENCHMARKS["bigbench"].evaluate(handle, cfg, EvalContext(out_dir=tmp_path, progress=False))
     outputs = json.loads((tmp_path / "predictions.json").read_text())
     tasks = {t.key: t for t in bb.load_tasks()}
     for key, examples in outputs.items():
@@ -136,7 +138,7 @@ def test_metrics_on_hand_made_generations():
 
 def test_generative_tasks_use_declared_metrics_and_output_regex(handle, tmp_path):
     cfg = BigbenchEvalConfig(tasks=["arithmetic:1_digit_addition", "conlang_translation:vaomi_from"], limit=3)
-    rows = bb.evaluate(handle, cfg, out_dir=tmp_path)
+    rows = BENCHMARKS["bigbench"].evaluate(handle, cfg, EvalContext(out_dir=tmp_path, progress=False))
     by = {(r["subtask"], r["metric"]): r for r in rows}
     assert set(by) == {("1_digit_addition", m) for m in ("multiple_choice_grade", "multiple_choice_grade_norm",
                                                           "exact_str_match")} | \
@@ -206,7 +208,10 @@ def test_cli_writes_csv_and_outputs(model_dir, tmp_path):
     assert main(["eval", "bigbench", "--model", str(model_dir), "--tasks", "general_knowledge,implicatures",
                  "--limit", "3", "--out", str(out), "--device", "cpu", "--batch-size", "4"]) == 0
     with open(out) as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == list(COLUMNS)  # the contract columns, labels empty for a foreign HF model
+    assert all(r["study"] == r["setting"] == r["m"] == r["seed"] == "" for r in rows)
     assert {(r["task"], r["metric"]) for r in rows} == {(t, m) for t in ("general_knowledge", "implicatures")
                                                        for m in ("multiple_choice_grade", "multiple_choice_grade_norm")}
     assert all(r["n"] == "3" and 0 <= float(r["value"]) <= 1 for r in rows)

@@ -3,7 +3,6 @@ outputs, and `codemix eval` end to end on tiny decoder-only and T5 models."""
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 from pathlib import Path
@@ -11,11 +10,16 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from codemix.checkpoint import checkpoint_info
 from codemix.cli import main
 from codemix.config import CogsEvalConfig, load_study
 from codemix.data.tokenizer import SPECIAL_TOKENS, hf_tokenizer
-from codemix.errors import CodemixError, DataError
+from codemix.errors import DataError
+from codemix.evals.benchmark import EvalContext
 from codemix.evals.cogs import (
+    COGS,
+    COGS_VF,
+    PASSIVIZATION,
     Example,
     exact_match,
     gen_categories,
@@ -27,6 +31,9 @@ from codemix.evals.cogs import (
     token_accuracy,
 )
 from codemix.evals.handle import load_handle, save_tiny_model
+from codemix.evals.registry import BENCHMARKS
+
+from .conftest import read_table
 
 STRUCTURAL = {"cp_recursion", "pp_recursion", "obj_pp_to_subj_pp"}
 
@@ -34,33 +41,33 @@ STRUCTURAL = {"cp_recursion", "pp_recursion", "obj_pp_to_subj_pp"}
 # ----------------------------------------------------------------------------- data
 
 
-@pytest.mark.parametrize("task", ["cogs", "cogs_vf"])
-def test_cogs_split_sizes_and_gen_types_match_the_published_counts(task):
-    sizes = {split: len(load_split(task, split)) for split in ("train", "dev", "test", "gen")}
+@pytest.mark.parametrize("spec", [COGS, COGS_VF], ids=["cogs", "cogs_vf"])
+def test_cogs_split_sizes_and_gen_types_match_the_published_counts(spec):
+    sizes = {split: len(load_split(spec, split)) for split in ("train", "dev", "test", "gen")}
     assert sizes == {"train": 24155, "dev": 3000, "test": 3000, "gen": 21000}
-    gen = load_split(task, "gen")
+    gen = load_split(spec, "gen")
     counts = {kind: sum(1 for ex in gen if ex.type == kind) for kind in {ex.type for ex in gen}}
     assert len(counts) == 21 and set(counts.values()) == {1000}
     assert set(counts) == set(gen_categories())
-    train_types = [ex.type for ex in load_split(task, "train")]
+    train_types = [ex.type for ex in load_split(spec, "train")]
     assert train_types.count("in_distribution") == 24000 and train_types.count("primitive") == 143
-    assert {ex.type for ex in load_split(task, "dev")} == {"in_distribution"}
+    assert {ex.type for ex in load_split(spec, "dev")} == {"in_distribution"}
 
 
 def test_cogs_vf_is_row_aligned_with_cogs():
     for split in ("dev", "gen"):
-        cogs, vf = load_split("cogs", split), load_split("cogs_vf", split)
+        cogs, vf = load_split(COGS, split), load_split(COGS_VF, split)
         assert [(e.input, e.type) for e in cogs] == [(e.input, e.type) for e in vf]
         assert cogs[0].target != vf[0].target  # different logical-form formats of the same sentence
 
 
 def test_passivization_splits_and_tags():
-    sizes = {split: len(load_split("passivization", split)) for split in ("train", "dev", "test", "gen")}
+    sizes = {split: len(load_split(PASSIVIZATION, split)) for split in ("train", "dev", "test", "gen")}
     assert sizes == {"train": 100000, "dev": 1000, "test": 10000, "gen": 10000}
-    dev = load_split("passivization", "dev")
+    dev = load_split(PASSIVIZATION, "dev")
     assert {ex.type for ex in dev} == {"decl", "passiv"}
     assert all(ex.input.endswith(" " + ex.type) for ex in dev)
-    assert {ex.type for ex in load_split("passivization", "gen")} == {"passiv"}
+    assert {ex.type for ex in load_split(PASSIVIZATION, "gen")} == {"passiv"}
     copy = next(ex for ex in dev if ex.type == "decl")
     assert copy.target == copy.input.removesuffix(" decl")
 
@@ -73,20 +80,20 @@ def test_gen_types_split_into_18_lexical_and_3_structural():
 
 def test_gold_targets_are_well_formed_and_score_perfectly():
     """Scoring the gold outputs themselves: 1.0 everywhere, over every one of the 21 types."""
-    gen, dev = load_split("cogs_vf", "gen"), select(load_split("cogs_vf", "dev"), 200)
+    gen, dev = load_split(COGS_VF, "gen"), select(load_split(COGS_VF, "dev"), 200)
     examples = dev + gen
-    rows = score("cogs_vf", examples, [ex.target for ex in examples])
+    rows = score("cogs_vf", COGS_VF, examples, [ex.target for ex in examples])
     assert all(r["value"] == 1.0 for r in rows)
     by = {(r["subtask"], r["metric"]): r["n"] for r in rows}
     assert by[("dev", "exact_match")] == 200
     assert by[("gen", "exact_match")] == 21000 and by[("gen", "well_formed")] == 21000
     assert by[("gen/structural", "exact_match")] == 3000 and by[("gen/lexical", "well_formed")] == 18000
     assert sum(1 for (s, m) in by if s.startswith("gen/") and m == "exact_match") == 21 + 2
-    assert all(is_well_formed(ex.target) for ex in load_split("cogs", "gen"))
+    assert all(is_well_formed(ex.target) for ex in load_split(COGS, "gen"))
 
 
 def test_select_caps_each_type_in_file_order():
-    gen = load_split("cogs", "gen")
+    gen = load_split(COGS, "gen")
     picked = select(gen, 3)
     assert len(picked) == 63
     assert [ex.index for ex in picked if ex.type == "cp_recursion"] == \
@@ -94,14 +101,18 @@ def test_select_caps_each_type_in_file_order():
     assert select(gen, None) == gen
 
 
-def test_missing_split_and_unknown_split_are_clear_errors(tmp_path, monkeypatch):
+def test_missing_split_and_unknown_split_are_clear_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(DataError, match="no split 'valid'.*train, dev, test, gen"):
-        load_split("cogs", "valid")
+        load_split(COGS, "valid")
     monkeypatch.setenv("CODEMIX_DATA", str(tmp_path))
     with pytest.raises(DataError, match=r"cogs_vf_gen\.tsv\.gz.*codemix data fetch cogs_vf"):
-        load_split("cogs_vf", "gen")
-    with pytest.raises(CodemixError, match="unknown task 'scan'"):
-        load_split("scan", "train")
+        load_split(COGS_VF, "gen")
+    # A task is a registered benchmark: an unknown one is refused, naming the known ones.
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "scan", "--model", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'scan'" in err and all(name in err for name in ("cogs", "cogs_vf", "passivization"))
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -148,7 +159,7 @@ def test_score_on_hand_made_outputs():
                    "f ( a = b )", "f ( a = c )",         # lexical: right; wrong but well-formed
                    "f ( a = b",                          # lexical: truncated
                    "f ( a = b ) )", "f ( a = b )"]       # structural: unbalanced; right
-    rows = {(r["subtask"], r["metric"]): (r["value"], r["n"]) for r in score("cogs", examples, predictions)}
+    rows = {(r["subtask"], r["metric"]): (r["value"], r["n"]) for r in score("cogs", COGS, examples, predictions)}
     assert rows[("dev", "exact_match")] == (0.5, 2)
     assert ("dev", "well_formed") not in rows  # well-formedness is a gen metric
     assert rows[("gen", "exact_match")] == (0.4, 5)
@@ -160,7 +171,7 @@ def test_score_on_hand_made_outputs():
     assert rows[("gen/subj_to_obj_common", "exact_match")] == (0.5, 2)
     assert rows[("gen/prim_to_inf_arg", "well_formed")] == (0.0, 1)
     with pytest.raises(ValueError, match="7 examples but 6 predictions"):
-        score("cogs", examples, predictions[:-1])
+        score("cogs", COGS, examples, predictions[:-1])
 
 
 def test_passivization_scores_by_tag_without_well_formedness():
@@ -168,7 +179,8 @@ def test_passivization_scores_by_tag_without_well_formedness():
                 Example("x y z . passiv", "z was y by x .", "passiv", "dev", 1),
                 Example("x y z . passiv", "z was y by x .", "passiv", "gen", 0)]
     predictions = ["x y .", "x y z .", "z was y by x ."]
-    rows = {(r["subtask"], r["metric"]): r["value"] for r in score("passivization", examples, predictions)}
+    rows = {(r["subtask"], r["metric"]): r["value"]
+            for r in score("passivization", PASSIVIZATION, examples, predictions)}
     assert rows == {("dev", "exact_match"): 0.5, ("dev/decl", "exact_match"): 1.0,
                     ("dev/passiv", "exact_match"): 0.0, ("gen", "exact_match"): 1.0}
 
@@ -183,7 +195,7 @@ def tiny_gpt(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    texts = [f"{ex.input}\n{ex.target}" for ex in itertools.islice(load_split("cogs_vf", "train"), 300)]
+    texts = [f"{ex.input}\n{ex.target}" for ex in itertools.islice(load_split(COGS_VF, "train"), 300)]
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                        show_progress=False))
@@ -192,28 +204,36 @@ def tiny_gpt(tmp_path_factory) -> Path:
     return save_tiny_model(root / "gpt", hf, arch="gpt", d_model=32, n_layers=1, n_heads=2, max_length=256)
 
 
+#: A tiny study: one competitive mixture at m = 0.5 of English and Python, two pretraining steps.
+TINY_STUDY = {
+    "name": "cogs-t5",
+    "data": {"seq_len": 64, "heldout_docs": 2, "workers": 1,
+             "tokenizer": {"vocab_size": 512, "sample_bytes_per_source": 30_000},
+             "sources": [{"name": "c4", "kind": "jsonl", "lang": "en", "max_docs": 40,
+                          "paths": ["nl_text/c4_sample_1000docs.json.gz"]},
+                         {"name": "python", "kind": "jsonl", "lang": "python", "code": True, "max_docs": 10,
+                          "paths": ["code/code_python.jsonl.gz"]}]},
+    "mixtures": {"settings": ["competitive"], "m": [0.5], "baselines": False, "n_tokens": 2000},
+    "model": {"arch": "t5", "preset": "tiny"},
+    "pretrain": {"batch_size": 4, "warmup_steps": 1, "max_steps": 2, "eval_every": 2, "eval_batches": 1,
+                 "device": "cpu"},
+    "seeds": [0],
+}
+
+
 @pytest.fixture(scope="module")
 def codemix_t5(tmp_path_factory, pretrain_study) -> Path:
     """A tiny CodeT5-style model pretrained for two steps by codemix (its run directory)."""
-    _, run = pretrain_study({
-        "name": "cogs-t5",
-        "data": {"seq_len": 64, "heldout_docs": 2, "workers": 1,
-                 "tokenizer": {"vocab_size": 512, "sample_bytes_per_source": 30_000},
-                 "sources": [{"name": "c4", "kind": "jsonl", "lang": "en", "max_docs": 40,
-                              "paths": ["nl_text/c4_sample_1000docs.json.gz"]},
-                             {"name": "python", "kind": "jsonl", "lang": "python", "code": True, "max_docs": 10,
-                              "paths": ["code/code_python.jsonl.gz"]}]},
-        "mixtures": {"settings": ["competitive"], "m": [0.5], "baselines": False, "n_tokens": 2000},
-        "model": {"arch": "t5", "preset": "tiny"},
-        "pretrain": {"batch_size": 4, "warmup_steps": 1, "max_steps": 2, "eval_every": 2, "eval_batches": 1},
-        "seeds": [0],
-    }, tmp_path_factory.mktemp("codemix_t5"))
+    _, run = pretrain_study(TINY_STUDY, tmp_path_factory.mktemp("codemix_t5"))
     return run
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+@pytest.fixture(scope="module")
+def study_gpt(tmp_path_factory, train_in_study) -> Path:
+    """A tiny GPT of the study ``cogs-gpt`` (competitive, m = 0.5, seed 0), trained by `codemix train`."""
+    root = tmp_path_factory.mktemp("cogs_gpt")
+    return train_in_study({**TINY_STUDY, "name": "cogs-gpt", "model": {"arch": "gpt", "preset": "tiny"}},
+                          root / "study.yaml", root / "out", setting="competitive", m=0.5, steps=2)
 
 
 @pytest.mark.parametrize("arch", ["gpt", "t5"])
@@ -226,7 +246,7 @@ def test_eval_command_writes_rows_outputs_and_checkpoints_of_outputs(arch, reque
                  "--set", "finetune.steps=4", "--set", "finetune.batch_size=4", "--set", "finetune.eval_every=2",
                  "--set", "finetune.max_train_examples=64", "--set", "max_new_tokens=12", "--set", "batch_size=16"])
     assert code == 0
-    rows = _read_csv(out)
+    rows = read_table(out)
     assert {r["task"] for r in rows} == {"cogs_vf"}
     by = {(r["subtask"], r["metric"]): r for r in rows}
     assert by[("dev", "exact_match")]["n"] == "2"
@@ -249,7 +269,7 @@ def test_eval_command_on_passivization(tiny_gpt, tmp_path):
     assert main(["eval", "passivization", "--model", str(tiny_gpt), "--limit", "3", "--out", str(out),
                  "--device", "cpu", "--set", "finetune.steps=2", "--set", "finetune.batch_size=4",
                  "--set", "finetune.max_train_examples=32", "--set", "max_new_tokens=8"]) == 0
-    rows = {(r["subtask"], r["metric"]): r["n"] for r in _read_csv(out)}
+    rows = {(r["subtask"], r["metric"]): r["n"] for r in read_table(out)}
     assert rows == {("dev", "exact_match"): "6", ("dev/decl", "exact_match"): "3",
                     ("dev/passiv", "exact_match"): "3", ("gen", "exact_match"): "3"}
 
@@ -262,7 +282,7 @@ def test_eval_command_bad_inputs_are_clear_errors(tiny_gpt, tmp_path, capsys, mo
     assert main(["eval", "cogs", "--model", str(not_a_model), "--out", str(out)]) == 2
     assert "neither a codemix checkpoint" in capsys.readouterr().err
     assert main(["eval", "cogs", "--model", str(not_a_model), "--set", "finetune.steps=0", "--out", str(out)]) == 2
-    assert "finetune.steps: Input should be greater than 0" in capsys.readouterr().err
+    assert "finetune.steps=0: Input should be greater than 0" in capsys.readouterr().err
     monkeypatch.setenv("CODEMIX_DATA", str(tmp_path / "empty"))
     assert main(["eval", "passivization", "--model", str(tiny_gpt), "--out", str(out)]) == 2
     assert "passiv_en_nps_train.tsv.gz" in " ".join(capsys.readouterr().err.split())
@@ -270,23 +290,24 @@ def test_eval_command_bad_inputs_are_clear_errors(tiny_gpt, tmp_path, capsys, mo
 
 
 def test_evaluate_with_a_config_of_a_study(tiny_gpt, tmp_path):
-    """The study runner's call: evaluate(path, cfg, out_dir=..., task=...) returns tidy rows."""
-    from codemix.evals.cogs import evaluate
-
+    """The study's eval stage calls the registry entry: evaluate(handle, cfg, ctx) returns tidy rows."""
     cfg = CogsEvalConfig.model_validate({"finetune": {"steps": 1, "batch_size": 2, "max_train_examples": 8},
                                          "limit": 1, "max_new_tokens": 6})
-    rows = evaluate(tiny_gpt, cfg, out_dir=tmp_path / "e", task="cogs", device="cpu")
+    rows = BENCHMARKS["cogs"].evaluate(load_handle(tiny_gpt, device="cpu"), cfg,
+                                       EvalContext(out_dir=tmp_path / "e", device="cpu", progress=False))
     assert {tuple(sorted(r)) for r in rows} == {("metric", "n", "primary", "question_type", "subtask", "task", "value")}
     assert [(r["subtask"], r["metric"]) for r in rows if r["primary"]] == [("gen", "exact_match")]
     assert {r["n"] for r in rows if r["subtask"] == "gen"} == {21}
     assert json.loads((tmp_path / "e" / "results.json").read_text()) == rows
 
 
-def test_eval_command_takes_the_benchmark_config_from_a_study(tiny_gpt, tmp_path):
+def test_eval_command_takes_the_benchmark_config_from_a_study(tiny_gpt, tmp_path, monkeypatch):
     study = Path(__file__).resolve().parents[2] / "studies" / "demo.yaml"
     out = tmp_path / "demo.csv"
+    monkeypatch.chdir(tmp_path)  # where the study's relative `out` (runs/demo) would go
     assert main(["eval", "cogs_vf", "--model", str(tiny_gpt), "--study", str(study), "--out", str(out),
                  "--device", "cpu", "--set", "finetune.steps=1", "--set", "limit=1", "--set", "max_new_tokens=4"]) == 0
+    assert not (tmp_path / load_study(study).out).exists()  # COGS reads no held-out documents: no study data built
     start = json.loads((tmp_path / "demo" / "finetune" / "log.jsonl").read_text().splitlines()[0])
     assert start["config"]["steps"] == 1  # --set wins over the study
     expected = load_study(study).evals.cogs_vf.finetune
@@ -294,3 +315,24 @@ def test_eval_command_takes_the_benchmark_config_from_a_study(tiny_gpt, tmp_path
     assert start["config"]["max_train_examples"] == expected.max_train_examples  # the rest comes from the study
     assert start["config"]["lr"] == expected.lr
     assert start["train_examples"] == expected.max_train_examples
+
+
+def test_eval_rows_carry_the_labels_of_a_study_checkpoint_and_none_for_a_foreign_model(study_gpt, tiny_gpt,
+                                                                                       tmp_path):
+    """Standalone `codemix eval` rows of a codemix checkpoint carry its study, setting, m and seed."""
+    (label,) = checkpoint_info(study_gpt).labels
+    assert (label.study, label.setting, label.m, label.seed) == ("cogs-gpt", "competitive", 0.5, 0)
+    small = ["--limit", "2", "--device", "cpu", "--set", "finetune.steps=2", "--set", "finetune.batch_size=4",
+             "--set", "finetune.max_train_examples=32", "--set", "max_new_tokens=8"]
+    out = tmp_path / "r.csv"
+    assert main(["eval", "cogs_vf", "--model", str(study_gpt), "--out", str(out), *small]) == 0
+    rows = read_table(out)
+    assert {r["task"] for r in rows} == {"cogs_vf"} and ("gen", "exact_match") in {(r["subtask"], r["metric"])
+                                                                                  for r in rows}
+    assert {(r["study"], r["setting"], float(r["m"]), int(r["seed"]), r["baseline"]) for r in rows} == \
+        {(label.study, label.setting, label.m, label.seed, str(label.baseline))}
+    foreign = tmp_path / "foreign.csv"
+    assert main(["eval", "cogs_vf", "--model", str(tiny_gpt), "--out", str(foreign), *small]) == 0
+    rows = read_table(foreign)
+    assert rows and {(r["study"], r["setting"], r["m"], r["baseline"], r["seed"], r["arm"]) for r in rows} == \
+        {("", "", "", "", "", "")}

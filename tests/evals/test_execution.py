@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from codemix.config import normalize_language
 from codemix.errors import ToolchainError
 from codemix.evals import execution
 from codemix.evals.execution import OUTCOMES, Limits, Sandbox, isolation_mode
@@ -153,8 +154,8 @@ def test_missing_toolchain_names_the_debian_package(monkeypatch):
 
 def test_unknown_language():
     with pytest.raises(ValueError, match="unknown language"):
-        execution.normalize_language("cobol")
-    assert execution.normalize_language("Rust") == "rs"
+        normalize_language("cobol")
+    assert normalize_language("Rust") == "rs"
 
 
 # ----------------------------------------------------------------------------- hostile programs

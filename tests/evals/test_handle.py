@@ -7,6 +7,7 @@ at a time, no padding, no KV cache, a full forward pass and a log-softmax.
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,6 @@ from codemix.config import DataConfig
 from codemix.data.tokenizer import build_tokenizer, hf_tokenizer
 from codemix.errors import CheckpointError
 from codemix.evals.handle import Handle, load_handle, save_tiny_model
-
 
 # One worker per module under `pytest -n 2 --dist loadgroup`: the module's fixtures are built once.
 pytestmark = pytest.mark.xdist_group("evals-handle")

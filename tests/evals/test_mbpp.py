@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -10,10 +9,15 @@ from fractions import Fraction
 
 import pytest
 
+from codemix.cli import build_parser, main
+from codemix.config import MbppConfig, configure
 from codemix.errors import ConfigError
 from codemix.evals import mbpp
+from codemix.evals.benchmark import EvalContext
 from codemix.evals.execution import Sandbox, default_cache_dir
-from codemix.evals.mbpp import MbppConfig, Problem, build_program, load_mbpp, pass_at_k, select_problems
+from codemix.evals.mbpp import Problem, build_program, load_mbpp, pass_at_k, select_problems
+from codemix.evals.registry import BENCHMARKS
+from codemix.evals.rows import COLUMNS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -70,9 +74,10 @@ def test_pass_at_k_rejects_bad_input(n, c, k):
 
 
 def test_config_defaults_and_validation():
-    assert MbppConfig().temperature == 0.0
-    assert MbppConfig(n=10, k=[1, 5, 10]).temperature == 0.8
-    assert MbppConfig(n=10, temperature=0.2).temperature == 0.2
+    assert MbppConfig().temperature is None and MbppConfig().sampling_temperature == 0.0
+    assert MbppConfig(n=10, k=[1, 5, 10]).sampling_temperature == 0.8
+    assert MbppConfig(n=10, temperature=0.2).sampling_temperature == 0.2
+    assert MbppConfig(n=1, temperature=0.3).sampling_temperature == 0.3
     assert MbppConfig(langs=["python", "Rust", "go"]).langs == ["py", "rs", "go"]
     with pytest.raises(ValueError, match="k must be"):
         MbppConfig(n=1, k=[1, 5])
@@ -172,8 +177,8 @@ def test_evaluate_with_canned_completions(tmp_path, data_dir, sandbox, monkeypat
     handle = CannedHandle(problems)
     monkeypatch.setattr(mbpp, "Sandbox", lambda **kw: sandbox)
     monkeypatch.setattr(sandbox, "close", lambda: None)  # the module fixture closes it
-    cfg = MbppConfig(problems="mbpp", langs=["py"], n=2, k=[1, 2], max_new_tokens=64)
-    rows = mbpp.evaluate(handle, cfg, out_dir=tmp_path, limit=6)
+    cfg = MbppConfig(problems="mbpp", langs=["py"], n=2, k=[1, 2], max_new_tokens=64, limit=6)
+    rows = BENCHMARKS["mbpp"].evaluate(handle, cfg, EvalContext(out_dir=tmp_path, progress=False))
 
     assert handle.calls and all(c["n"] == 2 and c["temperature"] == 0.8 for c in handle.calls)
     assert "\nassert" in handle.calls[0]["stop"]
@@ -188,19 +193,22 @@ def test_evaluate_with_canned_completions(tmp_path, data_dir, sandbox, monkeypat
     assert all(s["completion"].endswith("return None") and s["outcome"] == "runtime_error" for s in wrong)
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    mbpp.add_arguments(parser)
-    return parser.parse_args(list(argv))
+def _config(*argv: str) -> MbppConfig:
+    """The config `codemix eval mbpp ARGV` evaluates with (flags over --set over the defaults)."""
+    args = build_parser().parse_args(["eval", "mbpp", *argv])
+    return configure(MbppConfig, None, args.overrides, where="codemix eval mbpp", **BENCHMARKS["mbpp"].options(args))
 
 
 def test_cli_reference_passes_a_slice(tmp_path, data_dir, capsys):
     out = tmp_path / "results.csv"
-    assert mbpp.run(_args("--reference", "--limit", "30", "--out", str(out), "--workers", "2")) == 0
-    rows = list(csv.DictReader(out.open()))
+    assert main(["eval", "mbpp", "--reference", "--limit", "30", "--out", str(out), "--workers", "2"]) == 0
+    reader = csv.DictReader(out.open())
+    rows = list(reader)
+    assert reader.fieldnames == list(COLUMNS)
     pass1 = next(r for r in rows if r["metric"] == "pass@1")
     assert (pass1["subtask"], float(pass1["value"]), int(pass1["n"])) == ("py", 1.0, 30)
     assert "30/30 passed" in capsys.readouterr().out
+    assert len((tmp_path / "results" / mbpp.SAMPLES_FILE).read_text().splitlines()) == 30
 
 
 def test_cli_completions_file(tmp_path, data_dir):
@@ -212,24 +220,28 @@ def test_cli_completions_file(tmp_path, data_dir):
                     f.write(json.dumps({"name": name, "language": {"rs": "rust", "go": "go"}[lang],
                                         "completion": text}) + "\n")
     out = tmp_path / "r.csv"
-    assert mbpp.run(_args("--completions", str(comp), "--langs", "rs,go", "--n", "2", "--k", "1,2",
-                          "--out", str(out))) == 0
-    rows = {(r["subtask"], r["metric"]): r for r in csv.DictReader(out.open())}
+    assert main(["eval", "mbpp", "--completions", str(comp), "--langs", "rs,go", "--n", "2", "--k", "1,2",
+                 "--out", str(out)]) == 0
+    reader = csv.DictReader(out.open())
+    rows = {(r["subtask"], r["metric"]): r for r in reader}
+    assert reader.fieldnames == list(COLUMNS)
     for lang in ("rs", "go"):
         assert float(rows[(lang, "pass@1")]["value"]) == 0.5 and int(rows[(lang, "pass@1")]["n"]) == 1
         assert float(rows[(lang, "pass@2")]["value"]) == 1.0
         assert float(rows[(lang, "frac_failed")]["value"]) == 0.5
 
 
-def test_cli_options_parse():
-    args = _args("--model", "m", "--langs", "py,rs", "--n", "5", "--k", "1,5", "--temperature", "0.4",
-                 "--timeout", "3", "--common-only", "--limit", "7")
-    cfg = mbpp._config_from_args(args)
+def test_cli_options_parse(tmp_path, capsys):
+    cfg = _config("--model", "m", "--langs", "py,rs", "--n", "5", "--k", "1,5", "--temperature", "0.4",
+                  "--timeout", "3", "--common-only", "--limit", "7")
     assert (cfg.langs, cfg.n, cfg.k, cfg.temperature, cfg.timeout_s, cfg.common_only, cfg.limit) == (
         ["py", "rs"], 5, [1, 5], 0.4, 3.0, True, 7)
     with pytest.raises(ConfigError, match="k must be"):
-        mbpp._config_from_args(_args("--model", "m", "--n", "2", "--k", "5"))
-    assert mbpp.run(_args()) == 2  # nothing to evaluate
+        _config("--model", "m", "--n", "2", "--k", "5")
+    out = tmp_path / "r.csv"
+    assert main(["eval", "mbpp", "--out", str(out)]) == 2  # nothing to evaluate
+    assert "give --model" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.slow
@@ -237,7 +249,7 @@ def test_evaluate_a_real_tiny_model(tmp_path, data_dir):
     """End to end with a real (untrained) model handle: generation, sandbox, rows."""
     from codemix.config import DataConfig
     from codemix.data.tokenizer import build_tokenizer, hf_tokenizer
-    from codemix.evals.handle import save_tiny_model
+    from codemix.evals.handle import load_handle, save_tiny_model
 
     cfg = DataConfig.model_validate({
         "heldout_docs": 5, "tokenizer": {"vocab_size": 512, "sample_bytes_per_source": 30_000},
@@ -245,8 +257,9 @@ def test_evaluate_a_real_tiny_model(tmp_path, data_dir):
                      "max_docs": 20}]})
     tok = hf_tokenizer(build_tokenizer(cfg, tmp_path / "tokenizer.json"))
     model = save_tiny_model(tmp_path / "gpt", tok, arch="gpt", max_length=64)
-    rows = mbpp.evaluate(str(model), {"langs": ["py"], "max_new_tokens": 8, "workers": 2},
-                         out_dir=tmp_path / "out", limit=3)
+    rows = BENCHMARKS["mbpp"].evaluate(load_handle(model, device="cpu"),
+                                       MbppConfig(langs=["py"], max_new_tokens=8, workers=2, limit=3),
+                                       EvalContext(out_dir=tmp_path / "out", progress=False))
     got = {r["metric"]: r for r in rows}
     assert got["pass@1"]["n"] == 3 and 0 <= got["pass@1"]["value"] <= 1
     assert sum(got[f"frac_{o}"]["value"] for o in mbpp.OUTCOMES) == pytest.approx(1)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer, models
 
 from codemix.config import ModelConfig, validate_study
 from codemix.errors import ConfigError
@@ -73,11 +75,18 @@ def test_inconsistent_shapes_are_reported_together():
         config_from_model_config(ModelConfig(d_kv=32), vocab_size=100, seq_len=64)
 
 
-def test_causal_task_predicts_the_next_token():
-    cfg = validate_study({"data": {"seq_len": 16, "sources": [{"name": "en", "paths": ["x"]}]},
-                          "mixtures": {"m": [0.0], "settings": ["competitive"], "baselines": False},
-                          "model": {"preset": "tiny", "n_layers": 1}})
-    task = TASKS["gpt"](cfg, vocab_size=40)
+def _study(**model):
+    return validate_study({"data": {"seq_len": 16, "sources": [{"name": "en", "paths": ["x"]}]},
+                           "mixtures": {"m": [0.0], "settings": ["competitive"], "baselines": False},
+                           "model": {"preset": "tiny", **model}})
+
+
+def test_causal_task_predicts_the_next_token(tmp_path):
+    cfg = _study(n_layers=1)
+    tokenizer = tmp_path / "tokenizer.json"  # the task sizes the model from the tokenizer: 40 tokens
+    Tokenizer(models.WordLevel({f"w{i}": i for i in range(40)}, unk_token="w0")).save(str(tokenizer))
+    task = TASKS["gpt"](cfg, tokenizer_path=tokenizer)
+    assert task.config.vocab_size == 40
     assert isinstance(task, CausalLMTask) and task.model_config()["n_layers"] == 1
     torch.manual_seed(0)
     model = task.build_model()
@@ -89,9 +98,10 @@ def test_causal_task_predicts_the_next_token():
     assert loss.item() == pytest.approx(math.log(40), abs=0.2)  # near-uniform at init
 
 
-def test_unknown_arch_in_task_registry():
-    with pytest.raises(ConfigError, match="known: \\['gpt', 't5'\\]"):
-        TASKS["rnn"]
+def test_unknown_arch_is_a_config_error_and_every_arch_has_a_task():
+    with pytest.raises(ConfigError, match=r"model.arch='rnn': Input should be 'gpt' or 't5'"):
+        _study(arch="rnn")
+    assert set(TASKS) == set(typing.get_args(ModelConfig.model_fields["arch"].annotation)) == {"gpt", "t5"}
 
 
 @pytest.mark.parametrize("with_targets", [False, True])

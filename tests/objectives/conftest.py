@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from codemix.config import StudyConfig, validate_study
-from codemix.data.mixture import DataLayout, prepare_data
+from codemix.study.commands import StudyData, build_data
 
 SEQ_LEN = 128
 
@@ -48,10 +48,10 @@ def t5_study_raw(out: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def t5_study(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyConfig, DataLayout]:
+def t5_study(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyConfig, StudyData]:
     out = tmp_path_factory.mktemp("t5study")
     cfg = validate_study(t5_study_raw(str(out)))
-    return cfg, prepare_data(cfg, progress=False)
+    return cfg, build_data(cfg)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,7 @@ def tokenizer(t5_study):
 
 @pytest.fixture(scope="session")
 def token_bytes(tokenizer):
-    from codemix.objectives.identifiers import TokenBytes
+    from codemix.data.identifiers import TokenBytes
 
     return TokenBytes(tokenizer)
 
@@ -89,12 +89,12 @@ def corpus_doc(data_dir: Path, lang: str, path: str) -> str:
     raise AssertionError(f"{path} is not in code_{lang}.jsonl.gz")
 
 
-def mixture_batches(layout: DataLayout, cfg: StudyConfig, *, batch_size: int, seed: int = 0,
+def mixture_batches(data: StudyData, cfg: StudyConfig, *, batch_size: int, seed: int = 0,
                     ) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches ``{"tokens", "source"}`` of the study's mixture, as `codemix train` reads them, forever."""
     from codemix.data.loader import MixtureLoader
 
-    loader = MixtureLoader(layout.mixture_dir("competitive", 0.5), batch_size=batch_size, seed=seed,
+    loader = MixtureLoader(data.mixture_dir("competitive", 0.5), batch_size=batch_size, seed=seed,
                            with_sources=True)
     while True:
         yield from loader

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from codemix.data.identifiers import find_doc_pairs, token_doc_pairs
 from codemix.data.streams import TokenStream
 from codemix.data.tokenizer import EOS
 from codemix.objectives.bimodal import dual_generation
-from codemix.objectives.identifiers import find_doc_pairs, token_doc_pairs
 
 from .conftest import SEQ_LEN, corpus_doc, corpus_docs
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -18,21 +19,21 @@ from .conftest import SEQ_LEN, mixture_batches, t5_study_raw
 
 
 def _task(t5_study, **objectives) -> CodeT5Task:
-    cfg, layout = t5_study
+    cfg, data = t5_study
     if objectives:
         cfg = cfg.model_copy(deep=True)
         for name, value in objectives.items():
             setattr(cfg.pretrain.objectives, name, value)
     np.random.seed(0)
-    return TASKS["t5"](cfg, tokenizer_path=layout.tokenizer_path)
+    return TASKS["t5"](cfg, tokenizer_path=data.tokenizer_path)
 
 
 def test_code_rows_draw_code_objectives_and_text_rows_get_span_corruption(t5_study):
-    cfg, layout = t5_study
+    cfg, data = t5_study
     task = _task(t5_study, bimodal=1.0)
     is_code = {i: s.code for i, s in enumerate(cfg.data.sources)}
     seen = {name: 0 for name in OBJECTIVES}
-    batches = mixture_batches(layout, cfg, batch_size=16)
+    batches = mixture_batches(data, cfg, batch_size=16)
     for step in range(12):
         batch = next(batches)
         examples = task.examples(batch, step)
@@ -64,9 +65,9 @@ def test_bound_streams_give_code_rows_their_precomputed_annotations(t5_study, mo
 
     monkeypatch.setattr(codet5, "token_identifiers", no_parsing)
     monkeypatch.setattr(codet5, "token_doc_pairs", no_parsing)
-    cfg, layout = t5_study
+    cfg, data = t5_study
     task = _task(t5_study, bimodal=1.0)
-    loader = MixtureLoader(layout.mixture_dir("competitive", 0.5), batch_size=16, seed=0, with_sources=True)
+    loader = MixtureLoader(data.mixture_dir("competitive", 0.5), batch_size=16, seed=0, with_sources=True)
     task.bind_streams([stream.dir for stream in loader.streams])
     seen = set()
     for step, batch in zip(range(40), loader):
@@ -83,9 +84,9 @@ def test_bound_streams_give_code_rows_their_precomputed_annotations(t5_study, mo
 
 
 def test_first_phase_batches_need_no_padding(t5_study):
-    cfg, layout = t5_study
+    cfg, data = t5_study
     task = _task(t5_study)
-    batch = next(mixture_batches(layout, cfg, batch_size=8))
+    batch = next(mixture_batches(data, cfg, batch_size=8))
     text_rows = {"tokens": batch["tokens"], "source": torch.zeros(8, dtype=torch.long)}  # all "c4"
     tensors = collate(task.examples(text_rows, 0), pad_id=task.vocab.pad)
     assert bool(tensors["attention_mask"].all())  # span corruption of fixed-length rows: no padding
@@ -93,7 +94,7 @@ def test_first_phase_batches_need_no_padding(t5_study):
 
     # CodeT5's first phase on code and text: span, tagging and MIP inputs share one length
     sentinels = set(task.vocab.sentinels)
-    batches = mixture_batches(layout, cfg, batch_size=16)
+    batches = mixture_batches(data, cfg, batch_size=16)
     objectives = set()
     for step in range(6):
         examples = task.examples(next(batches), step)
@@ -134,16 +135,16 @@ def _probe_losses(task: CodeT5Task, model, probe) -> dict[str, float]:
 
 
 def test_tiny_t5_trained_on_a_real_mixture_lowers_every_objective_loss(t5_study):
-    cfg, layout = t5_study
+    cfg, data = t5_study
     task = _task(t5_study, bimodal=1.0)
     torch.manual_seed(0)
     model = task.build_model()
-    probe = _probe(task, mixture_batches(layout, cfg, batch_size=16, seed=1))
+    probe = _probe(task, mixture_batches(data, cfg, batch_size=16, seed=1))
     assert {e.objective for e in probe} == {SPAN, TAGGING, MASKED_IDENTIFIER, BIMODAL}
     before = _probe_losses(task, model, probe)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    batches = mixture_batches(layout, cfg, batch_size=8, seed=0)
+    batches = mixture_batches(data, cfg, batch_size=8, seed=0)
     logged = []
     for step in range(70):
         out = task.loss(model, next(batches), step)
@@ -164,20 +165,20 @@ def test_tiny_t5_trained_on_a_real_mixture_lowers_every_objective_loss(t5_study)
 
 def test_every_parameter_gets_a_gradient_whatever_the_objectives_of_a_batch(t5_study):
     # DDP needs every parameter in each forward's graph, even in a batch with no tagging rows
-    cfg, layout = t5_study
+    cfg, data = t5_study
     task = _task(t5_study)
     model = task.build_model()
-    batch = next(mixture_batches(layout, cfg, batch_size=4))
+    batch = next(mixture_batches(data, cfg, batch_size=4))
     text_only = {"tokens": batch["tokens"], "source": torch.zeros(4, dtype=torch.long)}
     task.loss(model, text_only, 0)["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
 
 
 def test_heldout_batches_without_sources_get_the_same_span_corruption_each_time(t5_study):
-    cfg, layout = t5_study
+    cfg, data = t5_study
     task = _task(t5_study)
     model = task.build_model().eval()
-    tokens = next(mixture_batches(layout, cfg, batch_size=4))["tokens"]
+    tokens = next(mixture_batches(data, cfg, batch_size=4))["tokens"]
     with torch.no_grad():
         first, second = task.loss(model, tokens, 10), task.loss(model, tokens, 20)
     assert first["loss"].item() == second["loss"].item() == first["span_corruption"].item()
@@ -185,33 +186,38 @@ def test_heldout_batches_without_sources_get_the_same_span_corruption_each_time(
 
 
 def test_target_len_too_short_for_span_corruption_is_a_config_error(t5_study):
-    cfg, layout = t5_study
+    cfg, data = t5_study
     raw = t5_study_raw(cfg.out)
     raw["pretrain"]["objectives"] = {"target_len": 20}
     with pytest.raises(ConfigError, match="target_len=20 is shorter than the span corruption targets"):
-        CodeT5Task(validate_study(raw), tokenizer_path=layout.tokenizer_path)
+        CodeT5Task(validate_study(raw), tokenizer_path=data.tokenizer_path)
     raw["pretrain"]["objectives"] = {"span_corruption": 0, "identifier_tagging": 0, "masked_identifier": 0}
     with pytest.raises(ConfigError, match="every weight is 0"):
-        CodeT5Task(validate_study(raw), tokenizer_path=layout.tokenizer_path)
+        CodeT5Task(validate_study(raw), tokenizer_path=data.tokenizer_path)
 
 
 def test_codemix_train_and_export_for_arch_t5(t5_study, tmp_path, capsys):
     from transformers import AutoModelForSeq2SeqLM
 
+    from codemix.checkpoint import latest_checkpoint
     from codemix.cli import main
     from codemix.config import save_config
     from codemix.models.t5 import CodeT5
-    from codemix.train.pretrain import latest_checkpoint, load_checkpoint
+    from codemix.study.graph import find_pretrain
+    from codemix.train.pretrain import load_checkpoint, train
 
-    cfg, layout = t5_study
+    cfg, data = t5_study
     study = save_config(cfg, tmp_path, "study.yaml")
-    run = tmp_path / "run"
-    assert main(["train", str(study), "--setting", "competitive", "--m", "0.5", "--out", str(run)]) == 0
-    ckpt = latest_checkpoint(run)
+    assert main(["train", str(study), "--setting", "competitive", "--m", "0.5"]) == 0
+    job_dir = data.plan.job_dir(find_pretrain(data.plan, setting="competitive", m=0.5, seed=0))
+    ckpt = latest_checkpoint(job_dir)
     captured = capsys.readouterr()
     assert captured.out.strip().splitlines()[-1] == str(ckpt)
-    assert "parsed with tree-sitter at every step" not in captured.err  # the data stage annotated the code
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    job_log = (job_dir / "job.log").read_text()  # the job's own output
+    assert "codemix train" in job_log
+    for output in (captured.err, job_log):  # the data stage annotated the code
+        assert "parsed with tree-sitter at every step" not in output
+    log = [json.loads(line) for line in (job_dir / "log.jsonl").read_text().splitlines()]
     train_lines = [r for r in log if "kind" not in r]
     assert [r["step"] for r in train_lines] == list(range(1, 7))
     assert all(set(OBJECTIVES) <= set(r) for r in train_lines)
@@ -222,13 +228,21 @@ def test_codemix_train_and_export_for_arch_t5(t5_study, tmp_path, capsys):
     saved = json.loads((ckpt / "config.json").read_text())["codemix"]
     assert saved["arch"] == "t5" and saved["model"]["d_model"] == 64
 
-    # CodeT5's second phase: the same run continues with bimodal dual generation on
-    assert main(["train", str(study), "--setting", "competitive", "--m", "0.5", "--out", str(run), "--resume",
-                 "--set", "pretrain.objectives.bimodal=1", "--set", "pretrain.max_steps=8"]) == 0
-    ckpt = latest_checkpoint(run)
-    assert ckpt.name == "step-0000008"
-    assert [r["step"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "kind" not in r] == \
-        list(range(1, 9))
+    # CodeT5's second phase: the same run continues with bimodal dual generation on (the objectives
+    # are not part of the checkpointed model); a copy, as the study's finished job is never changed
+    run = tmp_path / "run"
+    shutil.copytree(job_dir, run)
+    phase2 = cfg.model_copy(deep=True)
+    phase2.pretrain.objectives.bimodal = 1.0
+    phase2.pretrain.max_steps = 8
+    ckpt = train(phase2, mixture_dir=data.mixture_dir("competitive", 0.5),
+                 heldout={s.name: data.heldout_dir(s.name) for s in cfg.data.sources},
+                 tokenizer_path=data.tokenizer_path, seed=0, out_dir=run, resume=True)
+    assert ckpt == latest_checkpoint(run) and ckpt.name == "step-0000008"
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "kind" not in r] == list(range(1, 9))
+    assert [r for r in lines if "kind" not in r][:6] == train_lines  # continued, not restarted
+    assert any(r["bimodal"] is not None for r in lines[len(log):] if "kind" not in r)
 
     out = tmp_path / "hf"
     assert main(["export", str(run), str(out)]) == 0

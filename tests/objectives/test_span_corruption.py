@@ -16,8 +16,8 @@ SOURCES = ("c4", "python", "rust", "go")
 
 @pytest.fixture(scope="module")
 def streams(t5_study) -> dict[str, np.ndarray]:
-    _, layout = t5_study
-    return {name: np.asarray(TokenStream(layout.stream_dir(name)).tokens, dtype=np.int64) for name in SOURCES}
+    _, data = t5_study
+    return {name: np.asarray(TokenStream(data.stream_dir(name)).tokens, dtype=np.int64) for name in SOURCES}
 
 
 @pytest.fixture(scope="module")

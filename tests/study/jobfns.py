@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from codemix.config import StudyConfig
-from codemix.study.plan import Job, Plan
+from codemix.study.jobs import Job, Plan
 
 
 def _note_call(ctx) -> None:

@@ -112,10 +112,17 @@ def test_study_end_to_end_with_kills(tmp_path, data_dir, capsys):
     assert final.returncode == 0, final.stderr[-3000:]
     pd.testing.assert_frame_equal(_results(out), expected.assign(study="e2e"))
 
-    # status and export read the same rows back from the index
+    # status and export read the same rows back (one row collector), and `codemix analyze` of the
+    # export gives exactly the tables of the report `study run` published
     assert main(["study", "status", str(study), "--export", str(tmp_path / "rows.parquet")]) == 0
     exported = pd.read_parquet(tmp_path / "rows.parquet")
     assert len(exported) == len(expected) and set(exported["metric"]) == set(expected["metric"])
+    assert main(["study", "status", str(study), "--export", str(tmp_path / "rows.csv")]) == 0
+    assert main(["analyze", str(tmp_path / "rows.csv"), "--out", str(tmp_path / "again"), "--permutations", "20",
+                 "--seed", "0"]) == 0
+    for table in ("regressions.csv", "permutation.csv", "slopes.csv", "by_m.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / table), pd.read_csv(out / table))
+    assert {"question_type", "primary", "arm"} <= set(pd.read_csv(out / "results.csv").columns)
 
     # a real job that raises: the others still run, the run exits non-zero, status shows the error
     broken = ("--set", "evals.perplexity.files=[no/such/file.txt]")
@@ -133,18 +140,16 @@ def test_multi_gpu_job_runs_under_torchrun(tmp_path, data_dir, monkeypatch):
     import json
 
     from codemix.config import load_study
-    from codemix.study.executors import run_job, run_local
-    from codemix.study.plan import Plan, plan_study
+    from codemix.study.graph import plan_study
+    from codemix.study.scheduler import InProcess, run_job, run_jobs
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cfg = load_study(_write(tmp_path, "ddp", steps=4), ["mixtures.m=[0.5]", "evals.perplexity=null"])
     plan = plan_study(cfg)
-    data = Plan(cfg=cfg, root=plan.root, jobs={i: j for i, j in plan.jobs.items()
-                                               if j.stage in ("tokenizer", "stream", "mixture")})
-    assert run_local(data).ok
+    assert run_jobs(plan.with_inputs(plan.by_stage("mixture")), InProcess()).ok
     job = plan.by_stage("pretrain")[0]
-    job.gpus = 2  # not part of the hash: how many devices, not what is computed
-    assert run_job(cfg, plan.root, job) == "done", (plan.failure_dir(job) / "FAILED").read_text()
+    job.gpus = 2  # not part of the key: how many devices, not what is computed
+    assert run_job(plan, job) == "done", (plan.failure_dir(job) / "FAILED").read_text()
     ckpt = plan.job_dir(job) / (plan.job_dir(job) / "final_checkpoint").read_text().strip()
     assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2
     assert not list((plan.root / "work" / "pretrain").glob("*/"))  # nothing left behind

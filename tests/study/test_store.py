@@ -7,8 +7,9 @@ import sqlite3
 
 import pandas as pd
 
-from codemix.study.executors import run_local
-from codemix.study.store import RESULT_COLUMNS, Store, export_results, print_status
+from codemix.evals.rows import COLUMNS, write_table
+from codemix.study.scheduler import InProcess, run_jobs
+from codemix.study.store import Store, print_status
 
 from .jobfns import toy_plan
 
@@ -16,7 +17,7 @@ from .jobfns import toy_plan
 def test_rebuild_from_dirs_and_export(toy_env, tmp_path):
     toy_env["fail"].write_text("on")
     plan = toy_plan(toy_env["root"], fail={2})
-    run_local(plan)
+    run_jobs(plan, InProcess())
     with Store(plan) as store:
         store.rebuild()
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -36,9 +37,9 @@ def test_rebuild_from_dirs_and_export(toy_env, tmp_path):
         assert store.results() == rows
 
     for name in ("r.csv", "r.parquet"):
-        export_results(rows, tmp_path / name)
+        write_table(rows, tmp_path / name)
     csv, pq = pd.read_csv(tmp_path / "r.csv"), pd.read_parquet(tmp_path / "r.parquet")
-    assert list(csv.columns) == list(RESULT_COLUMNS) == list(pq.columns)
+    assert list(csv.columns) == list(COLUMNS) == list(pq.columns)
     assert sorted(csv["value"]) == sorted(pq["value"]) == [1.0, 2.0, 111.0, 222.0]
 
     # a job dir removed by hand is simply not done any more
@@ -56,7 +57,7 @@ def test_status_shows_counts_and_each_failure(toy_env):
 
     toy_env["fail"].write_text("on")
     plan = toy_plan(toy_env["root"], fail={0})
-    run_local(plan)
+    run_jobs(plan, InProcess())
     console = Console(record=True, width=200)
     with Store(plan) as store:
         store.rebuild()

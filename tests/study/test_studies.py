@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from codemix.config import load_study
-from codemix.study.plan import plan_study
+from codemix.study.graph import plan_study
 
 STUDIES = sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.yaml"))
 

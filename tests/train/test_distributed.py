@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
-import yaml
+from test_pretrain import log_lines, study_file, tiny_raw
 
+from codemix.cli import main
+from codemix.config import validate_study
 from codemix.errors import ConfigError
+from codemix.study.graph import find_pretrain, plan_study
+from codemix.study.stages.pretrain import checkpoint_of
 from codemix.train.distributed import DistContext, accum_steps_for, init_distributed
-from test_pretrain import log_lines, run, tiny_study
 
 
 def test_accumulation_steps_follow_batch_ranks_and_micro_batch():
@@ -36,39 +37,48 @@ def test_without_torchrun_there_is_one_process_and_no_process_group(monkeypatch)
     assert ctx == DistContext.single("cpu") and ctx.is_main and not ctx.distributed
 
 
-@pytest.fixture(scope="module")
-def study_root(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("tiny-study")
-    tiny_study(root)
-    return root
+def test_codemix_train_under_torchrun_refuses_and_says_to_use_gpus(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    study = study_file(tmp_path / "study", tmp_path)
+    assert main(["train", str(study), "--setting", "competitive", "--m", "0.25"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "`codemix train` starts torchrun itself: run it once, without torchrun, with --gpus N" in err
+    assert not (tmp_path / "study").exists()  # refused before building anything
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_gloo_ranks_match_the_single_process_run(study_root, tmp_path, fsdp):
-    """Same global batch split over two ranks (replicated or sharded): the same losses and update."""
+def test_two_gloo_ranks_match_the_single_process_run(data_dir, tmp_path, capsys, fsdp):
+    """Same global batch split over two ranks (replicated or sharded): the same losses and update.
+
+    Both runs are the same job of the tiny study (parallel settings and the GPU count are not
+    part of its key), so each has its own study directory.
+    """
     overrides = {"max_steps": 3, "warmup_steps": 1, "eval_every": 3}
-    cfg, layout = tiny_study(study_root, pretrain=overrides)
-    run(cfg, layout, tmp_path / "single")
+    study = study_file(tmp_path / "single", tmp_path, pretrain=overrides)
+    assert main(["train", str(study), "--setting", "competitive", "--m", "0.25"]) == 0
+    single = Path(capsys.readouterr().out.strip().splitlines()[-1]).parents[1]  # the final checkpoint's run
 
-    study_file = tmp_path / "study.yaml"
-    study_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    # `--` keeps torchrun's own parser off `--m` (an ambiguous prefix of its --master-* options).
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "--", "codemix.cli", "train", str(study_file), "--setting", "competitive", "--m", "0.25",
-           "--out", str(tmp_path / "ddp"), "--set", f"parallel.fsdp={str(fsdp).lower()}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # Rank 0 alone prints the checkpoint path (last line) and writes the log.
-    assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "ddp" / "checkpoints" / "step-0000003")
+    # Two ranks: `codemix train --gpus 2` (2 gloo CPU ranks here); the pretrain stage launches torchrun.
+    ranks = study_file(tmp_path / "ranks", tmp_path, pretrain=overrides, parallel={"fsdp": fsdp})
+    assert main(["train", str(ranks), "--setting", "competitive", "--m", "0.25", "--gpus", "2"]) == 0
+    printed = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    plan = plan_study(validate_study(tiny_raw(tmp_path / "ranks", pretrain=overrides, parallel={"fsdp": fsdp})))
+    job = find_pretrain(plan, setting="competitive", m=0.25, seed=0)
+    assert printed == checkpoint_of(plan.job_dir(job))
 
-    single, ddp = log_lines(tmp_path / "single"), log_lines(tmp_path / "ddp")
-    assert [r["step"] for r in ddp] == [1, 2, 3]
-    assert ddp[0]["loss"] == pytest.approx(single[0]["loss"], abs=1e-5)
-    assert ddp[0]["grad_norm"] == pytest.approx(single[0]["grad_norm"], rel=1e-4)
-    assert ddp[1]["loss"] == pytest.approx(single[1]["loss"], abs=1e-4)  # gradients were all-reduced
-    assert [r["tokens"] for r in ddp] == [r["tokens"] for r in single]
-    evals = {(r["source"], round(r["loss"], 4)) for r in log_lines(tmp_path / "ddp", "eval")}
-    assert evals == {(r["source"], round(r["loss"], 4)) for r in log_lines(tmp_path / "single", "eval")}
-    state = json.loads((tmp_path / "ddp" / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
+    ddp = plan.job_dir(job)
+    assert single == tmp_path / "single" / ddp.relative_to(tmp_path / "ranks")  # the same job
+    assert checkpoint_of(ddp) == ddp / "checkpoints" / "step-0000003"
+    # Rank 0 alone writes the log.
+    single_log, ddp_log = log_lines(single), log_lines(ddp)
+    assert [r["step"] for r in ddp_log] == [1, 2, 3]
+    assert ddp_log[0]["loss"] == pytest.approx(single_log[0]["loss"], abs=1e-5)
+    assert ddp_log[0]["grad_norm"] == pytest.approx(single_log[0]["grad_norm"], rel=1e-4)
+    assert ddp_log[1]["loss"] == pytest.approx(single_log[1]["loss"], abs=1e-4)  # gradients were all-reduced
+    assert [r["tokens"] for r in ddp_log] == [r["tokens"] for r in single_log]
+    evals = {(r["source"], round(r["loss"], 4)) for r in log_lines(ddp, "eval")}
+    assert evals == {(r["source"], round(r["loss"], 4)) for r in log_lines(single, "eval")}
+    state = json.loads((ddp / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 3
+    single_state = json.loads((single / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
+    assert single_state["world_size"] == 1

@@ -16,13 +16,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from codemix.checkpoint import latest_checkpoint
 from codemix.config import FinetuneConfig
 from codemix.data.tokenizer import SPECIAL_TOKENS, hf_tokenizer
 from codemix.errors import CodemixError
-from codemix.evals.cogs import load_split, summarize
+from codemix.evals.cogs import COGS_VF, load_split, summarize
 from codemix.evals.handle import load_handle, save_tiny_model
 from codemix.train.finetune import IGNORE, check_tokenizer, collate, decode, encode_pairs, finetune, prompt_texts
-from codemix.train.pretrain import latest_checkpoint
 
 PAIRS = [("A rose was helped by a dog .", "help ( theme = rose , agent = dog )"),
          ("Emma rolled a teacher .", "roll ( agent = Emma , theme = teacher )")]
@@ -35,7 +35,7 @@ def bpe(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    texts = [f"{ex.input}\n{ex.target}" for ex in itertools.islice(load_split("cogs_vf", "train"), 300)]
+    texts = [f"{ex.input}\n{ex.target}" for ex in itertools.islice(load_split(COGS_VF, "train"), 300)]
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                        show_progress=False))
@@ -97,8 +97,8 @@ def test_a_tokenizer_without_sep_is_a_clear_error(bpe, tmp_path):
 def test_t5_finetuning_lowers_the_loss_and_the_saved_model_decodes_the_same(bpe, tmp_path):
     handle = load_handle(save_tiny_model(tmp_path / "t5", hf_tokenizer(bpe), arch="t5", d_model=32, n_layers=1,
                                          n_heads=2), device="cpu")
-    train = [(ex.input, ex.target) for ex in itertools.islice(load_split("cogs_vf", "train"), 200)]
-    dev = [(ex.input, ex.target) for ex in load_split("cogs_vf", "dev")[:8]]
+    train = [(ex.input, ex.target) for ex in itertools.islice(load_split(COGS_VF, "train"), 200)]
+    dev = [(ex.input, ex.target) for ex in load_split(COGS_VF, "dev")[:8]]
     cfg = FinetuneConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=4, eval_every=20)
     result = finetune(handle, train, cfg, eval_sets={"dev": dev}, out_dir=tmp_path / "ft", max_new_tokens=16,
                       save_to=tmp_path / "saved")
@@ -151,8 +151,8 @@ def test_a_pretrained_codemix_model_learns_short_cogs_vf_sentences(pretrained_ch
     """
     handle = load_handle(pretrained_checkpoint, device="cpu")
     assert type(handle.model).__name__ == "LlamaForCausalLM"
-    train = [(ex.input, ex.target) for ex in load_split("cogs_vf", "train") if _short(ex)]
-    dev = [(ex.input, ex.target) for ex in load_split("cogs_vf", "dev") if _short(ex)][:100]
+    train = [(ex.input, ex.target) for ex in load_split(COGS_VF, "train") if _short(ex)]
+    dev = [(ex.input, ex.target) for ex in load_split(COGS_VF, "dev") if _short(ex)][:100]
     before = summarize(decode(handle, [s for s, _ in dev], max_new_tokens=48), [t for _, t in dev])
     assert before["exact_match"] == 0.0
 

@@ -254,21 +254,22 @@ def task_slopes(results: pd.DataFrame, *, rng: np.random.Generator | int | None 
         As :func:`codemix.analysis.regression.fit_regressions`, and when one task has
         several question types.
     """
-    rng = np.random.default_rng(rng)
     df, _ = _results_iv(results)
+    return _task_slopes(df, rng=np.random.default_rng(rng))
+
+
+def _task_slopes(df: pd.DataFrame, *, rng: np.random.Generator) -> pd.DataFrame:
+    """:func:`task_slopes` on rows validated by :func:`~codemix.analysis.regression._results_iv`."""
     df = df.loc[~df["_dropped"] & ~df["baseline"]]
     keys = ["setting", *UNIT_KEYS]
     grouping = df.groupby(keys, sort=True)
     units = grouping.size().rename("n").reset_index()
-    if "question_type" in df.columns:
-        n_types = grouping["question_type"].nunique().to_numpy()
-        if (n_types > 1).any():
-            bad = units.loc[n_types > 1, list(UNIT_KEYS)].drop_duplicates().head(5).to_dict("records")
-            raise DataError(f"each task must have one question_type; found several for {bad}. "
-                            f"Make question_type constant within each (task, subtask, metric).")
-        units["question_type"] = grouping["question_type"].first().to_numpy()
-    else:
-        units["question_type"] = ""
+    n_types = grouping["question_type"].nunique().to_numpy()
+    if (n_types > 1).any():
+        bad = units.loc[n_types > 1, list(UNIT_KEYS)].drop_duplicates().head(5).to_dict("records")
+        raise DataError(f"each task must have one question_type; found several for {bad} (an empty one "
+                        f"counts). Make question_type constant within each (task, subtask, metric).")
+    units["question_type"] = grouping["question_type"].first().to_numpy()
     units["n_m"] = grouping["m"].nunique().to_numpy()
     if len(units) == 0:
         return units.assign(treatment=[], control=[])[[*keys, "question_type", "treatment", "control"]]
@@ -294,8 +295,17 @@ def code_effect_test(results: pd.DataFrame, *, n_resamples: int = 10_000,
     the whole analysis.
     """
     _permutation_iv([0.0, 1.0], [0.0, 1.0], statistics, n_resamples, None)
-    rng = np.random.default_rng(rng)
-    slopes = task_slopes(results, rng=rng)
+    df, _ = _results_iv(results)
+    return _code_effect(df, n_resamples=n_resamples, statistics=statistics, rng=np.random.default_rng(rng))
+
+
+def _code_effect(df: pd.DataFrame, *, n_resamples: int, statistics: Sequence[str],
+                 rng: np.random.Generator) -> CodeEffectResult:
+    """:func:`code_effect_test` on rows validated by :func:`~codemix.analysis.regression._results_iv`.
+
+    The rows may be any subset of a validated table, none included (then nothing is tested).
+    """
+    slopes = _task_slopes(df, rng=rng)
     notes, rows, tests = [], [], {}
     cells = []
     for setting, sub in slopes.groupby("setting", sort=True):

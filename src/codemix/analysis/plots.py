@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from scipy.stats import gaussian_kde
 
 from codemix.analysis.permutation import CodeEffectResult
 from codemix.analysis.regression import RegressionResult
@@ -43,11 +44,16 @@ _STAT_LABELS = {"mean": "Δ mean", "variance": "Δ variance", "skewness": "Δ sk
                 "upper_quartile": "Δ upper quartile", "lower_quartile": "Δ lower quartile"}
 
 
+def _plain(text) -> str:
+    """Data text as literal matplotlib text: a ``$`` in a task name would start mathtext (and may not parse)."""
+    return str(text).replace("$", r"\$")
+
+
 def _series_style(setting: str, baseline: bool, others: dict[str, str]) -> dict:
     if setting not in _SETTING_COLORS and setting not in others:
         others[setting] = _OTHER_COLORS[len(others) % len(_OTHER_COLORS)]
     color = _BASELINE_COLOR if baseline else _SETTING_COLORS.get(setting, others.get(setting))
-    label = f"{setting} (language-only baseline)" if baseline else setting
+    label = _plain(f"{setting} (language-only baseline)" if baseline else setting)
     return {"color": color, "label": label, "linestyle": "--" if baseline else "-",
             "marker": "s" if baseline else "o"}
 
@@ -109,9 +115,9 @@ def regression_figures(reg: RegressionResult, *, max_panels: int = 16) -> list[t
                         ax.plot(xs, fit["alpha"] + fit["beta"] * xs, color=style["color"],
                                 linestyle=style["linestyle"], lw=1.5)
                     handles.setdefault(style["label"], h)
-                ax.set_title(f"{subtask or task} · {metric}", fontsize=9)
+                ax.set_title(_plain(f"{subtask or task} · {metric}"), fontsize=9)
                 ax.set_xlabel("code fraction m", fontsize=8)
-                ax.set_ylabel(metric, fontsize=8)
+                ax.set_ylabel(_plain(metric), fontsize=8)
                 ax.tick_params(labelsize=7)
                 ax.xaxis.set_major_locator(MaxNLocator(5))
                 ax.yaxis.set_major_locator(MaxNLocator(5))
@@ -119,7 +125,7 @@ def regression_figures(reg: RegressionResult, *, max_panels: int = 16) -> list[t
             for ax in axes[len(chunk):]:
                 ax.set_visible(False)
             title = task if len(chunks) == 1 else f"{task} ({k + 1}/{len(chunks)})"
-            fig.suptitle(title, fontsize=11)
+            fig.suptitle(_plain(title), fontsize=11)
             fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
                        ncols=legend_cols, fontsize=8, frameon=False)
             out.append((task, title, fig))
@@ -127,9 +133,8 @@ def regression_figures(reg: RegressionResult, *, max_panels: int = 16) -> list[t
 
 
 def _kde(ax, values: np.ndarray, grid: np.ndarray, **style) -> None:
-    from scipy.stats import gaussian_kde
-
-    if len(values) >= 2 and np.ptp(values) > 0:
+    # A variance that underflows (slopes equal up to rounding) makes the KDE's covariance singular.
+    if len(values) >= 2 and np.var(values) > np.finfo(float).tiny:
         ax.plot(grid, gaussian_kde(values)(grid), **style)
     else:  # a density is undefined; show where the values are
         ax.axvline(values.mean() if len(values) else 0.0, **style)
@@ -160,7 +165,7 @@ def slope_kde_figure(effect: CodeEffectResult) -> Figure:
             ax.plot(t, np.zeros_like(t), "|", color="#d62728", ms=8, alpha=0.6)
             ax.plot(c, np.zeros_like(c), "|", color="#555555", ms=5, alpha=0.6)
             ax.axvline(0, color="black", lw=0.6, alpha=0.5)
-            ax.set_title(f"{setting} · {qtype} ({len(t)} tasks)", fontsize=9)
+            ax.set_title(_plain(f"{setting} · {qtype} ({len(t)} tasks)"), fontsize=9)
             ax.set_xlabel("slope β̂ (value per unit m)", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(5))
@@ -182,9 +187,12 @@ def null_distribution_figures(effect: CodeEffectResult) -> list[tuple[str, Figur
         for ax, name, obs, p, null in zip(axes, res.statistics, res.observed, res.pvalues,
                                           res.null_distribution, strict=True):
             finite = null[np.isfinite(null)]
-            if len(finite):
-                counts, edges = np.histogram(finite, bins=40)
+            edges = np.linspace(finite.min(), finite.max(), 41) if len(finite) else np.zeros(2)
+            if (np.diff(edges) > 0).all():
+                counts, edges = np.histogram(finite, bins=edges)
                 ax.stairs(counts, edges, fill=True, color="#9ecae1")
+            elif len(finite):  # every Δ equal up to rounding (e.g. constant values): no bins to draw
+                ax.axvline(finite[0], color="#9ecae1", lw=6)
             if np.isfinite(obs):
                 ax.axvline(obs, color="#d62728", lw=1.8)
             ax.set_title(f"{_STAT_LABELS.get(name, name)}\np = {p:.3g}", fontsize=9)
@@ -193,7 +201,7 @@ def null_distribution_figures(effect: CodeEffectResult) -> list[tuple[str, Figur
             ax.tick_params(labelsize=7)
         kind = "exact" if res.exact else f"{res.n_resamples} permutations"
         title = f"{setting} · {qtype}"
-        fig.suptitle(f"Null distributions, {title} ({kind})", fontsize=10)
+        fig.suptitle(_plain(f"Null distributions, {title} ({kind})"), fontsize=10)
         out.append((title, fig))
     return out
 
@@ -203,7 +211,7 @@ def loss_curve_figure(curves: Mapping[str, pd.DataFrame]) -> Figure:
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     for label, frame in sorted(curves.items()):
-        ax.plot(frame["step"], frame["loss"], lw=1, label=label)
+        ax.plot(frame["step"], frame["loss"], lw=1, label=_plain(label))
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
@@ -222,8 +230,10 @@ def figure_bytes(fig: Figure, fmt: str = "png", *, dpi: int = 110) -> bytes:
 def save_figure(fig: Figure, stem: str | Path, *, dpi: int = 110) -> tuple[Path, Path, bytes]:
     """Write ``stem.png`` and ``stem.svg`` (each atomically); return both paths and the PNG bytes."""
     stem = Path(stem)
+    # Appended, not with_suffix: a stem from a task "a.b" must not lose its ".b".
+    png_path, svg_path = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.svg"
     png = figure_bytes(fig, "png", dpi=dpi)
     fig.set_layout_engine("none")  # keep the constrained layout just computed; do not solve it again
-    atomic_write_bytes(stem.with_suffix(".png"), png)
-    atomic_write_bytes(stem.with_suffix(".svg"), figure_bytes(fig, "svg"))
-    return stem.with_suffix(".png"), stem.with_suffix(".svg"), png
+    atomic_write_bytes(png_path, png)
+    atomic_write_bytes(svg_path, figure_bytes(fig, "svg"))
+    return png_path, svg_path, png

@@ -7,9 +7,12 @@ Performance?* (arXiv 2409.04556), §4.2 and §5.1, whose Tables 3-7 report β̂,
 per dataset, generalization type and setting. All groups are fitted at once with
 vectorized sums (``numpy.bincount``), so thousands of groups cost one pass over the rows.
 
-Bad input is rejected before any computation by :func:`_results_iv`; groups that cannot
-be fitted (a single distinct ``m``, fewer than three points for standard errors) are
-reported in the table with NaN statistics and a ``note``, not raised.
+Bad input is rejected before any computation by :func:`_results_iv`, which also normalizes
+every table that has the ten contract columns (:data:`codemix.evals.rows.RESULT_COLUMNS`) once:
+numbers given as text, booleans spelled ``"True"``/``"no"``/``1``, empty subtasks, absent
+optional columns. Groups that cannot be fitted (a single distinct ``m``, fewer than three
+points for standard errors) are reported in the table with NaN statistics and a ``note``,
+not raised.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from codemix.errors import DataError
+from codemix.evals.rows import OPTIONAL_COLUMNS, RESULT_COLUMNS
 
 __all__ = [
     "GROUP_KEYS",
@@ -29,13 +33,15 @@ __all__ = [
     "fit_regressions",
 ]
 
-REQUIRED_COLUMNS = ("study", "setting", "m", "baseline", "seed", "task", "subtask", "metric", "value", "n")
-"""Columns of a tidy result row (DESIGN.md, "Interfaces between stages")."""
+REQUIRED_COLUMNS = RESULT_COLUMNS
+"""The ten columns every results table has (:data:`codemix.evals.rows.RESULT_COLUMNS`)."""
 
 GROUP_KEYS = ("task", "subtask", "metric", "setting", "baseline")
 """One regression is fitted per distinct combination of these columns."""
 
 _POINT_KEYS = ("setting", "m", "baseline", "seed", "task", "subtask", "metric")
+_NAME_COLUMNS = ("study", "setting", "task", "metric")  # every row needs one
+_TEXT_COLUMNS = ("subtask", "arm", "question_type")  # empty when unknown
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
 _FALSE = {"false", "f", "no", "n", "0", "0.0"}
 
@@ -71,29 +77,40 @@ class RegressionResult:
     confidence_level: float
 
 
-def _parse_baseline(col: pd.Series) -> pd.Series:
+def _blank(col: pd.Series) -> np.ndarray:
+    """Missing or whitespace-only cells."""
+    text = col.astype("string").str.strip()
+    return (text.isna() | text.eq("").fillna(True)).to_numpy(dtype=bool)
+
+
+def _boolean(df: pd.DataFrame, name: str, *, if_empty: bool | None, fix: str) -> pd.Series:
+    """Column ``name`` as bool from true/false, yes/no, 1/0 in any case (CSV gives them as text).
+
+    Empty cells become ``if_empty``; with ``if_empty=None`` they are an error.
+    """
+    col = df[name]
     if pd.api.types.is_bool_dtype(col) and not col.isna().any():
         return col.astype(bool)
     text = col.astype("string").str.strip().str.lower()
-    out = pd.Series(np.zeros(len(col), dtype=bool), index=col.index)
-    is_true, is_false = text.isin(_TRUE).fillna(False), text.isin(_FALSE).fillna(False)
-    bad = ~(is_true | is_false)
+    is_true = text.isin(_TRUE).fillna(False).to_numpy(dtype=bool)
+    is_false = text.isin(_FALSE).fillna(False).to_numpy(dtype=bool)
+    empty = _blank(col)
+    bad = ~(is_true | is_false | empty)
     if bad.any():
         examples = ", ".join(repr(v) for v in col[bad].drop_duplicates().head(5).tolist())
-        raise DataError(
-            f"column 'baseline' must be boolean (true/false, 1/0); found {int(bad.sum())} row(s) "
-            f"with other values, e.g. {examples}. Mark language-only baseline rows true and "
-            f"every other row false."
-        )
-    out[is_true.to_numpy()] = True
-    return out
+        raise DataError(f"column {name!r} must be boolean (true/false, 1/0); found {int(bad.sum())} row(s) "
+                        f"with other values, e.g. {examples}. {fix}")
+    if empty.any() and if_empty is None:
+        rows = ", ".join(map(str, df.index[empty][:5]))
+        raise DataError(f"column {name!r} is empty in {int(empty.sum())} row(s) (e.g. rows {rows}); expected "
+                        f"true or false in every row. {fix}")
+    return pd.Series(is_true | (empty & bool(if_empty)), index=col.index)
 
 
 def _numeric(results: pd.DataFrame, name: str) -> pd.Series:
     raw = results[name]
     values = pd.to_numeric(raw, errors="coerce")
-    blank = raw.isna() | raw.astype("string").str.strip().eq("").fillna(True)
-    bad = values.isna() & ~blank
+    bad = values.isna().to_numpy() & ~_blank(raw)
     if bad.any():
         examples = ", ".join(f"row {i}: {v!r}" for i, v in raw[bad].head(5).items())
         raise DataError(
@@ -103,13 +120,30 @@ def _numeric(results: pd.DataFrame, name: str) -> pd.Series:
     return values.astype(float)
 
 
+def _seeds(df: pd.DataFrame) -> pd.Series:
+    seed = _numeric(df, "seed")
+    bad = seed.notna() & ~(np.isfinite(seed) & (seed == np.round(seed)))
+    if bad.any():
+        examples = ", ".join(map(repr, seed[bad].drop_duplicates().head(5).tolist()))
+        raise DataError(f"column 'seed' must hold integers (the pretraining seed of each model); found {examples}. "
+                        f"Check that the seed and m columns are not swapped.")
+    return seed
+
+
 def _results_iv(results: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """Validate and normalize a tidy results table; return (rows to fit, notes).
+
+    Any table with the ten :data:`REQUIRED_COLUMNS` is accepted, from CSV or Parquet, and
+    normalized once here: ``m``, ``value``, ``n`` and ``seed`` to float (text such as
+    ``"0.5"`` included), ``baseline`` and ``primary`` to bool (``"True"``, ``"no"``, ``1``),
+    the name columns to ``str``, and ``subtask``, ``arm`` and ``question_type`` to ``str``
+    with ``""`` where empty. The optional columns (:data:`codemix.evals.rows.OPTIONAL_COLUMNS`)
+    are added when absent (``primary`` false, the others empty); other columns are kept.
 
     Rows whose ``m`` or ``value`` is missing or non-finite are dropped and counted in the
     notes (an evaluation that failed should not stop the analysis); everything else that
     is wrong raises :class:`~codemix.errors.DataError` naming what was expected, what was
-    found and what to do.
+    found and what to do. The returned frame has a bool column ``_dropped``.
     """
     if not isinstance(results, pd.DataFrame):
         raise DataError(
@@ -120,29 +154,33 @@ def _results_iv(results: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
     if missing:
         raise DataError(
             f"results table lacks column(s) {', '.join(missing)}; expected {', '.join(REQUIRED_COLUMNS)} "
-            f"(optionally question_type); found {', '.join(map(str, results.columns)) or 'no columns'}. "
-            f"Add or rename the missing columns."
+            f"(optionally {', '.join(OPTIONAL_COLUMNS)}); found "
+            f"{', '.join(map(str, results.columns)) or 'no columns'}. Add or rename the missing columns."
         )
     if len(results) == 0:
         raise DataError("results table has no rows; expected at least one result row per (m, seed). "
                         "Check that the evaluations wrote their results.")
 
     df = results.reset_index(drop=True).copy()
-    df["m"] = _numeric(df, "m")
-    df["value"] = _numeric(df, "value")
-    df["n"] = _numeric(df, "n")
-    df["baseline"] = _parse_baseline(df["baseline"])
+    for name in ("m", "value", "n"):
+        df[name] = _numeric(df, name)
+    df["seed"] = _seeds(df)
+    df["baseline"] = _boolean(df, "baseline", if_empty=None,
+                              fix="Mark language-only baseline rows true and every other row false.")
+    df["primary"] = (_boolean(df, "primary", if_empty=False,
+                              fix="Mark each task's headline metric true and every other row false, "
+                                  "or drop the column.")
+                     if "primary" in df.columns else False)
 
-    for name in ("study", "setting", "task", "metric"):
-        empty = df[name].isna() | df[name].astype("string").str.strip().eq("").fillna(True)
+    for name in _NAME_COLUMNS:
+        empty = _blank(df[name])
         if empty.any():
             rows = ", ".join(map(str, df.index[empty][:5]))
             raise DataError(f"column {name!r} is empty in {int(empty.sum())} row(s) (e.g. rows {rows}); "
                             f"every result row needs a {name}. Fill it in or drop those rows.")
         df[name] = df[name].astype(str)
-    df["subtask"] = df["subtask"].astype("string").fillna("").astype(str)
-    if "question_type" in df.columns:
-        df["question_type"] = df["question_type"].astype("string").fillna("").astype(str)
+    for name in _TEXT_COLUMNS:
+        df[name] = df[name].astype("string").fillna("").astype(str) if name in df.columns else ""
 
     studies = sorted(df["study"].unique())
     if len(studies) > 1:
@@ -163,8 +201,12 @@ def _results_iv(results: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
                         f"metric); expected one value per point, e.g. {first}. Remove duplicated results "
                         f"(was a results file ingested twice?).")
 
-    notes = []
     keep = finite_m & np.isfinite(df["value"].to_numpy())
+    if not keep.any():
+        raise DataError(f"no result row has both a finite m and a finite value (all {len(df)} are empty, NaN or "
+                        f"infinite); expected the code fraction in m and a score in value. Check that the "
+                        f"evaluations wrote their values.")
+    notes = []
     if not keep.all():
         dropped = df.loc[~keep]
         by_group = dropped.groupby(list(GROUP_KEYS), sort=True).size()
@@ -208,7 +250,7 @@ def fit_regressions(results: pd.DataFrame, *, confidence_level: float = 0.95) ->
     ----------
     results
         Tidy result rows with columns :data:`REQUIRED_COLUMNS` (CSV/Parquet loaded as a
-        DataFrame); an optional ``question_type`` column is carried along.
+        DataFrame); optional and extra columns are carried along into ``points``.
     confidence_level
         Confidence level of the interval on β̂ (keyword-only).
 
@@ -221,12 +263,18 @@ def fit_regressions(results: pd.DataFrame, *, confidence_level: float = 0.95) ->
     Raises
     ------
     codemix.errors.DataError
-        Missing columns (all listed), non-numeric ``m``/``value``, ``m`` outside [0, 1],
-        an unreadable ``baseline``, duplicated points, or several studies in one table.
+        Missing columns (all listed), non-numeric ``m``/``value``/``n``/``seed``, ``m`` outside
+        [0, 1], an unreadable ``baseline`` or ``primary``, duplicated points, several studies in
+        one table, or no row with a finite ``m`` and ``value``.
     """
     if not (isinstance(confidence_level, (int, float)) and 0 < confidence_level < 1):
         raise DataError(f"confidence_level must be a number in (0, 1); found {confidence_level!r}.")
     df, notes = _results_iv(results)
+    return _fit(df, notes, confidence_level=float(confidence_level))
+
+
+def _fit(df: pd.DataFrame, notes: tuple[str, ...], *, confidence_level: float) -> RegressionResult:
+    """:func:`fit_regressions` on rows already validated by :func:`_results_iv`."""
     keys = list(GROUP_KEYS)
 
     all_groups = df.groupby(keys, sort=True).size().rename("n_rows").reset_index()

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from codemix.analysis.permutation import CodeEffectResult, code_effect_test
+from codemix.analysis.permutation import STATISTICS, UNIT_KEYS, CodeEffectResult, _code_effect
 from codemix.analysis.plots import (
     loss_curve_figure,
     null_distribution_figures,
@@ -40,7 +40,7 @@ from codemix.analysis.plots import (
     save_figure,
     slope_kde_figure,
 )
-from codemix.analysis.regression import GROUP_KEYS, RegressionResult, fit_regressions
+from codemix.analysis.regression import GROUP_KEYS, RegressionResult, _fit, _results_iv
 from codemix.errors import ConfigError, DataError
 from codemix.io import atomic_dir, atomic_write_text
 
@@ -56,6 +56,9 @@ __all__ = [
 REGRESSION_COLUMNS = [*GROUP_KEYS, "beta", "alpha", "r2", "se_beta", "p_beta", "ci_low", "ci_high", "n",
                       "se_alpha", "n_m", "n_dropped", "note"]
 _MAX_CONFIG_CHARS = 50_000
+_MAX_SLUG_CHARS = 80  # file names stay far below the usual 255-byte limit
+# Read as text from CSV, so that a task "01" stays "01" and an empty subtask stays empty, not NaN.
+_TEXT_COLUMNS = ("study", "setting", "task", "subtask", "metric", "arm", "question_type")
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class AnalysisResult:
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
-    """Read tidy result rows from a ``.csv`` or ``.parquet`` file."""
+    """Read tidy result rows from a ``.csv`` or ``.parquet`` file (CSV name columns as text)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"results file {path} does not exist; expected a .csv or .parquet file of result rows. "
@@ -92,7 +95,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
+            return pd.read_csv(path, dtype={c: "string" for c in _TEXT_COLUMNS})
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
     except (ValueError, OSError) as err:
@@ -214,7 +217,7 @@ def _fmt_p(p) -> str:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:_MAX_SLUG_CHARS] or "x"
 
 
 def _unique_slugs(names: list[str]) -> dict[str, str]:
@@ -318,34 +321,33 @@ def _analyze_iv(results, out_dir, permutations, seed, study_dir):
         Path(study_dir) if study_dir is not None else None)
 
 
-def _pooled_rows(results: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
+def _pooled_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The rows the §5.1 permutation tests pool: one slope per task needs one metric per task.
 
-    With a ``primary`` column (codemix's benchmarks mark each task's headline metric: BIG-bench's
+    ``rows`` are validated (``primary`` is bool, false where the column was absent). When any
+    row is marked ``primary`` (codemix's benchmarks mark each task's headline metric: BIG-bench's
     preferred score, exact match on COGS gen, pass@k at the smallest k) only primary rows are
-    pooled. Without it, the (task, subtask, metric) units whose values are all proportions in
+    pooled. Otherwise the (task, subtask, metric) units whose values are all proportions in
     [0, 1] are: perplexity or bits-per-byte would dominate the pooled moments. Everything stays
-    in the regressions either way; the report notes what was left out.
+    in the regressions either way; the report notes what was left out. The result may be empty.
     """
-    keys = ["task", "subtask", "metric"]
-    if "primary" in results.columns:
-        flag = results["primary"].astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"])
-        if flag.any():
-            n_out = len(results.loc[~flag, keys].drop_duplicates())
-            note = (f"the §5.1 permutation tests pool each task's primary metric only ({n_out} other task units "
-                    f"are in the regressions)",) if n_out else ()
-            return results.loc[flag], note
-    values = pd.to_numeric(results["value"], errors="coerce")
-    in_unit = values.between(0.0, 1.0) | values.isna()
-    ok = in_unit.groupby([results[k].astype(str) for k in keys]).transform("all")
-    dropped = results.loc[~ok, keys].drop_duplicates()
+    keys = list(UNIT_KEYS)
+    primary = rows["primary"].to_numpy(dtype=bool)
+    if primary.any():
+        n_out = len(rows.loc[~primary, keys].drop_duplicates())
+        note = (f"the §5.1 permutation tests pool each task's primary metric only ({n_out} other task units "
+                f"are in the regressions)")
+        return rows.loc[primary], (note,) if n_out else ()
+    in_unit = rows["_dropped"] | rows["value"].between(0.0, 1.0)
+    ok = in_unit.groupby([rows[k] for k in keys], sort=False).transform("all").to_numpy(dtype=bool)
+    dropped = rows.loc[~ok, keys].drop_duplicates()
     if dropped.empty:
-        return results, ()
-    names = sorted({f"{t}/{m}" for t, m in zip(dropped["task"], dropped["metric"])})
+        return rows, ()
+    names = sorted({f"{t}/{m}" for t, m in zip(dropped["task"], dropped["metric"], strict=True)})
     shown = ", ".join(names[:8]) + (" …" if len(names) > 8 else "")
-    return results.loc[ok], (f"{len(dropped)} task units whose values are not proportions in [0, 1] ({shown}) "
-                             f"are in the regressions but not in the §5.1 permutation tests (their slopes are on "
-                             f"another scale)",)
+    note = (f"{len(dropped)} task units whose values are not proportions in [0, 1] ({shown}) are in the "
+            f"regressions but not in the §5.1 permutation tests (their slopes are on another scale)")
+    return rows.loc[ok], (note,)
 
 
 def analyze(results: pd.DataFrame, out_dir: str | Path, *, permutations: int = 10_000, seed=0,
@@ -360,7 +362,8 @@ def analyze(results: pd.DataFrame, out_dir: str | Path, *, permutations: int = 1
     Parameters
     ----------
     results
-        Tidy result rows (see :data:`codemix.analysis.regression.REQUIRED_COLUMNS`).
+        Tidy result rows: any table with the ten columns of
+        :data:`codemix.evals.rows.RESULT_COLUMNS` (optional and extra columns allowed).
     out_dir
         Output directory (created).
     permutations
@@ -371,9 +374,10 @@ def analyze(results: pd.DataFrame, out_dir: str | Path, *, permutations: int = 1
         Optional study output directory for the config, mixture and loss-curve sections.
     """
     out, permutations, rng, study_path = _analyze_iv(results, out_dir, permutations, seed, study_dir)
-    reg = fit_regressions(results)
-    pooled, pool_notes = _pooled_rows(results)
-    effect = code_effect_test(pooled, n_resamples=permutations, rng=rng)
+    rows, row_notes = _results_iv(results)  # validated and normalized once for every step below
+    reg = _fit(rows, row_notes, confidence_level=0.95)
+    pooled, pool_notes = _pooled_rows(rows)
+    effect = _code_effect(pooled, n_resamples=permutations, statistics=STATISTICS, rng=rng)
     study = load_study_context(study_path)
     notes = (*reg.notes, *effect.notes, *pool_notes, *(study.notes if study else ()))
 
@@ -398,9 +402,16 @@ def analyze(results: pd.DataFrame, out_dir: str | Path, *, permutations: int = 1
         files[f"tables/{slug}.tex"] = out / "tables" / f"{slug}.tex"
 
     figures: dict[str, list[tuple[str, str, bytes]]] = {}  # section -> (title, relative png, bytes)
+    stems: set[str] = set()
     with atomic_dir(out / "report", overwrite=True) as tmp:
 
         def add_figure(section: str, title: str, fig, stem: str) -> None:
+            # Titles such as "a b · all" and "a_b · all" share a slug; neither may overwrite the other.
+            base, k = stem, 1
+            while stem.lower() in stems:
+                k += 1
+                stem = f"{base}-{k}"
+            stems.add(stem.lower())
             png, _, data = save_figure(fig, tmp / "figures" / stem)
             figures.setdefault(section, []).append((title, str(png.relative_to(tmp)), data))
 
@@ -415,7 +426,7 @@ def analyze(results: pd.DataFrame, out_dir: str | Path, *, permutations: int = 1
         if study and study.loss_curves:
             add_figure("loss", "Pretraining loss", loss_curve_figure(study.loss_curves), "loss_curves")
 
-        study_name = str(reg.points["study"].iloc[0]) if len(reg.points) else str(results["study"].iloc[0])
+        study_name = str(rows["study"].iloc[0])
         ctx = {"reg": reg, "effect": effect, "study": study, "notes": notes, "figures": figures,
                "paper_tables": paper_tables, "name": study_name, "permutations": permutations, "seed": seed}
         (tmp / "index.html").write_text(_render_html(ctx))

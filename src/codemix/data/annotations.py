@@ -7,7 +7,7 @@ model, so the data stage annotates each code stream once, whole document by whol
 in worker processes, and a training step slices stored arrays for its window ``[lo, hi)`` of
 stream positions. Whole documents also parse better than rows cut out of them, which start
 and end mid-statement. The annotator is the row-level code itself
-(:func:`~codemix.objectives.identifiers.token_annotations`), so a window that covers whole
+(:func:`~codemix.data.identifiers.token_annotations`), so a window that covers whole
 documents gets exactly what a row parse of them gets.
 
 An annotation directory, ``<stream>/annotations``, holds ``meta.json`` (language, counts,
@@ -44,7 +44,17 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from codemix.data.identifiers import (
+    LANGUAGES,
+    TokenBytes,
+    TokenDocPair,
+    TokenIdentifiers,
+    check_language,
+    token_annotations,
+)
 from codemix.data.streams import TokenStream
 from codemix.data.tokenizer import load_tokenizer, tokenizer_hash
 from codemix.errors import DataError
@@ -58,14 +68,6 @@ from codemix.io import (
     read_json,
     sha256_file,
     stable_hash,
-)
-from codemix.objectives.identifiers import (
-    LANGUAGES,
-    TokenBytes,
-    TokenDocPair,
-    TokenIdentifiers,
-    check_language,
-    token_annotations,
 )
 
 __all__ = ["CHUNK_TOKENS", "StreamAnnotations", "annotation_dir", "build_annotations", "needs_annotations"]
@@ -316,9 +318,6 @@ def build_annotations(stream_dir: str | Path, lang: str, tokenizer_path: str | P
 def _annotate_chunks(stream: TokenStream, tokenizer_path: Path, lang: str, bounds: list[int], work: Path,
                      commits: dict[int, dict[str, Any]], *, workers: int, progress: bool) -> None:
     """Annotate and commit every chunk that ``commits`` lacks."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     todo = [i for i in range(len(bounds) - 1) if i not in commits]
     args = (str(stream.dir), str(tokenizer_path), lang)
     workers = min(workers, len(todo))

@@ -27,9 +27,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
 from codemix.errors import DataError
 
-__all__ = ["DATASETS", "Dataset", "RemoteFile", "data_dir", "data_path", "fetch_file", "file_status",
+__all__ = ["DATASETS", "Dataset", "RemoteFile", "data_dir", "data_path", "fetch_file", "file_sizes", "file_status",
            "resolve_names", "cmd_fetch", "cmd_list"]
 
 
@@ -49,6 +53,23 @@ def data_path(relpath: str | Path, *, must_exist: bool = True) -> Path:
                 if dataset else "check the path")
         raise DataError(f"missing data file {path} (data directory: {data_dir()}, set by $CODEMIX_DATA); {hint}")
     return path
+
+
+def file_sizes(paths: Iterable[str | Path]) -> dict[str, int | None]:
+    """Size of each data file (None when absent): the part of a job's key that names its input files,
+    so a re-fetched, changed file reruns what read it. Globs are expanded (sizes of every match)."""
+    sizes: dict[str, int | None] = {}
+    for rel in paths:
+        path = data_path(rel, must_exist=False)
+        matches = sorted(path.parent.glob(path.name)) if any(c in str(rel) for c in "*?[") else [path]
+        for m in matches:
+            key = str(rel) if m is path else str(m)
+            sizes[key] = m.stat().st_size if m.is_file() else (None if not m.exists() else _dir_size(m))
+    return sizes
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 # ----------------------------------------------------------------------------- registry
@@ -286,8 +307,6 @@ def fetch_file(root: Path, file: RemoteFile, *, mirror: Path | None = None, prog
     Nothing is written at the file's path unless it passed its sha256 check; an
     interrupted download stays as ``<file>.part`` and is continued by the next call.
     """
-    from rich.progress import Progress
-
     dest = root / file.path
     if dest.is_file() and _valid(dest, file):
         return "present"
@@ -344,10 +363,6 @@ def _root(args: Namespace) -> Path:
 
 def cmd_fetch(args: Namespace) -> int:
     """`codemix data fetch [NAME...] [--from DIR] [--dir DIR]`."""
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
     root = _root(args)
     mirror = Path(args.mirror).expanduser() if getattr(args, "mirror", None) else None
     console = Console(stderr=True)
@@ -370,9 +385,6 @@ def cmd_fetch(args: Namespace) -> int:
 
 def cmd_list(args: Namespace) -> int:
     """`codemix data list [--dir DIR] [--no-verify]`: every registered file and its state."""
-    from rich.console import Console
-    from rich.table import Table
-
     root = _root(args)
     verify = not getattr(args, "no_verify", False)
     table = Table(title=f"datasets in {root}" + ("" if verify else " (not verified)"))

@@ -23,25 +23,23 @@ from __future__ import annotations
 import json
 import math
 import os
-from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from codemix.config import DataConfig, MixturesConfig, StudyConfig
+from codemix.config import DataConfig, MixturesConfig
+from codemix.data.streams import TokenStream
 from codemix.errors import DataError
 from codemix.io import atomic_dir, stable_hash
 
 __all__ = [
-    "DataLayout",
     "MixtureSpec",
     "build_mixture",
-    "cmd_mix",
     "mixture_name",
+    "mixture_sequences",
     "mixture_specs",
-    "prepare_data",
     "source_targets",
     "stream_budgets",
 ]
@@ -105,12 +103,21 @@ def _sequences(target: float, seq_len: int) -> int:
     return math.floor(target / seq_len + 0.5)
 
 
+def mixture_sequences(spec: MixtureSpec, mixtures: MixturesConfig, data: DataConfig) -> dict[str, int]:
+    """Training sequences per source (every source, 0 for those the mixture does not read).
+
+    This is a mixture's content: two specs with the same sequences (e.g. competitive, additive
+    and baseline at m = 0) build the same index.
+    """
+    return {name: _sequences(t, data.seq_len) for name, t in source_targets(spec, mixtures, data).items()}
+
+
 def stream_budgets(mixtures: MixturesConfig, data: DataConfig) -> dict[str, int]:
     """Training tokens each source's stream needs: the most any mixture of the study takes from it."""
     budgets = {s.name: 0 for s in data.sources}
     for spec in mixture_specs(mixtures):
-        for name, target in source_targets(spec, mixtures, data).items():
-            budgets[name] = max(budgets[name], _sequences(target, data.seq_len) * data.seq_len)
+        for name, n_seq in mixture_sequences(spec, mixtures, data).items():
+            budgets[name] = max(budgets[name], n_seq * data.seq_len)
     return budgets
 
 
@@ -124,20 +131,18 @@ def build_mixture(
     """Write one mixture's ``index.npy`` and ``mixture.json`` to ``out_dir``; return ``mixture.json``'s content.
 
     ``stream_dirs`` maps every source of ``data.sources`` to its training stream directory.
-    Idempotent: an existing mixture built from the same streams and settings is kept.
+    Idempotent: an existing mixture built from the same streams (their identity, not their
+    length: a stream extended since is the same stream) and settings is kept.
     Raises DataError ``insufficient tokens for source X: need N, have M`` when a stream is
     too short and ``mixtures.max_repetition`` does not allow repeating it enough.
     """
-    from codemix.data.streams import TokenStream
-
     out_dir = Path(out_dir)
     seq_len = data.seq_len
     names = [s.name for s in data.sources]
     streams = {name: TokenStream(stream_dirs[name]) for name in names}
-    key = stable_hash({"spec": [spec.setting, spec.m, spec.baseline], "n_tokens": mixtures.n_tokens,
-                       "code_weights": mixtures.code_weights, "lang_weights": mixtures.lang_weights,
-                       "max_repetition": mixtures.max_repetition, "seed": mixtures.seed, "seq_len": seq_len,
-                       "sources": names, "streams": {n: s.meta["sha256"] for n, s in streams.items()},
+    sequences = mixture_sequences(spec, mixtures, data)
+    key = stable_hash({"sequences": sequences, "max_repetition": mixtures.max_repetition, "seed": mixtures.seed,
+                       "seq_len": seq_len, "sources": names, "streams": {n: s.meta["key"] for n, s in streams.items()},
                        "version": _FORMAT_VERSION})
     existing = out_dir / "mixture.json"
     if existing.is_file() and (out_dir / "index.npy").is_file():
@@ -149,7 +154,7 @@ def build_mixture(
     problems, parts = [], []
     tokens, repetition, repeats = {}, {}, {}
     for sid, name in enumerate(names):
-        n_seq = _sequences(targets[name], seq_len)
+        n_seq = sequences[name]
         have = streams[name].n_tokens
         available = have // seq_len
         need = n_seq * seq_len
@@ -187,96 +192,3 @@ def build_mixture(
         np.save(tmp / "index.npy", index)
         (tmp / "mixture.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
-
-
-# ----------------------------------------------------------------------------- the whole data stage
-
-
-@dataclass(frozen=True)
-class DataLayout:
-    """Where a study's data artifacts live under one root directory."""
-
-    root: Path
-
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.root / "tokenizer.json"
-
-    def stream_dir(self, source: str) -> Path:
-        return self.root / "streams" / source
-
-    def heldout_dir(self, source: str) -> Path:
-        return self.stream_dir(source) / "heldout"
-
-    def mixture_dir(self, setting: str, m: float, baseline: bool = False) -> Path:
-        return self.root / "mixtures" / mixture_name(setting, m, baseline)
-
-
-def data_layout(cfg: StudyConfig, out_dir: str | Path | None = None) -> DataLayout:
-    """The layout of a study's data (default root: ``<cfg.out>/data``), without building anything."""
-    return DataLayout(Path(out_dir) if out_dir is not None else Path(cfg.out) / "data")
-
-
-def prepare_data(cfg: StudyConfig, out_dir: str | Path | None = None, *, progress: bool = True) -> DataLayout:
-    """Build what is missing of the study's tokenizer, token streams and mixtures; return the layout.
-
-    For an ``arch: t5`` study, every code stream in a language with a tree-sitter grammar is
-    also annotated (identifiers, documented functions) for CodeT5's objectives.
-    """
-    from codemix.config import save_config
-    from codemix.data.annotations import build_annotations, needs_annotations
-    from codemix.data.streams import build_stream
-    from codemix.data.tokenizer import build_tokenizer
-
-    layout = data_layout(cfg, out_dir)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(cfg.data, layout.tokenizer_path)
-    budgets = stream_budgets(cfg.mixtures, cfg.data)
-    for src in cfg.data.sources:
-        build_stream(src, cfg.data, layout.tokenizer_path, layout.stream_dir(src.name),
-                     budget_tokens=budgets[src.name], progress=progress)
-        if needs_annotations(cfg, src):
-            build_annotations(layout.stream_dir(src.name), src.lang, layout.tokenizer_path,
-                              workers=cfg.data.workers or None, progress=progress)
-    streams = {s.name: layout.stream_dir(s.name) for s in cfg.data.sources}
-    for spec in mixture_specs(cfg.mixtures):
-        build_mixture(spec, cfg.mixtures, cfg.data, streams, layout.mixture_dir(spec.setting, spec.m, spec.baseline))
-    save_config(cfg, layout.root, "study.yaml")
-    return layout
-
-
-def mixture_table(layout: DataLayout, cfg: StudyConfig):
-    """A rich table of target vs realized tokens per mixture and source."""
-    from rich.table import Table
-
-    table = Table(title=f"mixtures of {cfg.name} ({layout.root})", show_lines=False)
-    for col, justify in (("mixture", "left"), ("source", "left"), ("target", "right"), ("realized", "right"),
-                         ("diff", "right"), ("repetition", "right")):
-        table.add_column(col, justify=justify)
-    for spec in mixture_specs(cfg.mixtures):
-        info = json.loads((layout.mixture_dir(spec.setting, spec.m, spec.baseline) / "mixture.json").read_text())
-        for name in info["sources"]:
-            target, real = info["target_tokens"][name], info["tokens"][name]
-            if not target and not real:
-                continue
-            rep = info["repetition"][name]
-            table.add_row(spec.name, name, f"{target:,}", f"{real:,}", f"{real - target:+,}",
-                          f"[yellow]{rep:.2f}x[/yellow]" if rep > 1 else "none")
-        table.add_row(spec.name, "[bold]total[/bold]", f"{info['target_total']:,}", f"{info['tokens_total']:,}",
-                      f"m={spec.m:g}", f"realized m={info['realized_m']:.4f}", end_section=True)
-    return table
-
-
-def cmd_mix(args: Namespace) -> int:
-    """`codemix mix STUDY [--out DIR]`: build the study's data and print target vs realized tokens."""
-    from rich.console import Console
-
-    from codemix.config import load_study, print_config
-
-    cfg = load_study(args.study, args.overrides)
-    print_config(cfg)
-    layout = prepare_data(cfg, args.out)
-    console = Console()
-    console.print(mixture_table(layout, cfg))
-    console.print(f"data ready in {layout.root}")
-    return 0

@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import datasets
+import pyarrow.parquet as pq
+
 from codemix.config import SourceConfig
-from codemix.errors import DataError
 from codemix.data.fetch import data_path
+from codemix.errors import DataError
 
 __all__ = [
     "Document",
@@ -148,8 +151,6 @@ def _iter_text(src: SourceConfig, path: Path) -> Iterator[Document]:
 
 
 def _iter_parquet(src: SourceConfig, path: Path) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
     pf = pq.ParquetFile(path)
     if src.text_field not in pf.schema_arrow.names:
         raise DataError(f"source {src.name!r}: {path} has no column {src.text_field!r} "
@@ -180,8 +181,6 @@ def _iter_dir(src: SourceConfig, path: Path) -> Iterator[Document]:
 
 def _iter_hf(src: SourceConfig) -> Iterator[Document]:
     """A Hugging Face dataset, streamed. Local files go in `paths` (as `data_files`), e.g. hf_name: json."""
-    import datasets
-
     kwargs: dict[str, Any] = {"split": src.hf_split, "streaming": True}
     if src.paths:
         kwargs["data_files"] = [str(p) for p in _resolve(src)]

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from codemix.config import DataConfig, SourceConfig
 from codemix.data.sources import Document, heldout_count, shuffled_documents
@@ -185,14 +187,17 @@ def _chunks(docs: Iterator[Document], chunk_chars: int) -> Iterator[list[Documen
         yield chunk
 
 
-def _stream_is_complete(out_dir: Path, key: str, budget_tokens: int) -> bool:
-    try:
-        meta = json.loads((out_dir / "meta.json").read_text())
-        held = json.loads((out_dir / "heldout" / "meta.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (meta.get("key") == key and held.get("key") == key
-            and (meta["n_tokens"] >= budget_tokens or meta.get("exhausted", False)))
+def _complete_stream(directory: Path | None, key: str) -> dict[str, Any] | None:
+    """The training ``meta.json`` of a complete stream with identity ``key`` in ``directory``, else None."""
+    if directory is None:
+        return None
+    meta, held = read_json(directory / "meta.json"), read_json(directory / "heldout" / "meta.json")
+    return meta if meta.get("key") == key and held.get("key") == key else None
+
+
+def stream_holds(meta: dict[str, Any], budget_tokens: int) -> bool:
+    """Whether a stream's training tokens cover ``budget_tokens`` (or its source has no more)."""
+    return meta["n_tokens"] >= budget_tokens or bool(meta.get("exhausted", False))
 
 
 def _write_heldout(directory: Path, docs: list[Document], tokenizer_path: Path, meta: dict[str, Any]) -> None:
@@ -212,6 +217,7 @@ def build_stream(
     out_dir: str | Path,
     *,
     budget_tokens: int,
+    extend: str | Path | None = None,
     workers: int | None = None,
     progress: bool = True,
     chunk_chars: int = CHUNK_CHARS,
@@ -222,16 +228,28 @@ def build_stream(
     Training documents are tokenized until the stream holds at least ``budget_tokens``
     tokens (or the source runs out; ``meta.json`` then says ``exhausted: true``).
     Idempotent: a complete stream built from the same source, tokenizer and held-out
-    split with at least ``budget_tokens`` tokens is returned as is. ``_stop_after_chunks``
-    stops after committing that many new chunks, as a kill would (for tests).
+    split with at least ``budget_tokens`` tokens is returned as is.
+
+    A stream's identity (``meta["key"]``) does not include its budget: a larger budget
+    *extends* it. ``extend`` names a complete, shorter stream of the same identity (by
+    default ``out_dir`` itself); its documents are kept byte for byte as the prefix and only
+    the documents after them are tokenized, so everything built on the prefix stays valid.
+    ``_stop_after_chunks`` stops after committing that many new chunks, as a kill would (for tests).
     """
     out_dir = Path(out_dir)
     tokenizer_path = Path(tokenizer_path)
     tok_hash = tokenizer_hash(tokenizer_path)
     key = stable_hash({"source": source.model_dump(), "heldout": data.heldout_docs, "seed": data.shuffle_seed,
                        "tokenizer": tok_hash, "chunk_chars": chunk_chars, "version": _FORMAT_VERSION})
-    if _stream_is_complete(out_dir, key, budget_tokens):
+    current = _complete_stream(out_dir, key)
+    if current is not None and stream_holds(current, budget_tokens):
         return TokenStream(out_dir)
+    prefix_dir = Path(extend) if extend is not None else (out_dir if current is not None else None)
+    prefix = _complete_stream(prefix_dir, key)
+    if extend is not None and prefix is None:
+        raise DataError(f"cannot extend {extend}: it is not a complete stream of source {source.name!r} with the "
+                        "same tokenizer and held-out split; delete it and rebuild")
+    prefix_docs = prefix["n_docs"] if prefix is not None else 0
 
     vocab = load_tokenizer(tokenizer_path).get_vocab_size()
     dtype = _dtype_for(vocab)
@@ -239,10 +257,11 @@ def build_stream(
                  "vocab_size": vocab, "dtype": dtype.name, "key": key, "version": _FORMAT_VERSION}
 
     work = out_dir.parent / f".{out_dir.name}.partial"
-    if work.exists() and read_json(work / "key.json").get("key") != key:
+    work_key = {"key": key, "prefix_docs": prefix_docs}
+    if work.exists() and read_json(work / "key.json") != work_key:
         shutil.rmtree(work)
     (work / "shards").mkdir(parents=True, exist_ok=True)
-    atomic_write_json(work / "key.json", {"key": key})
+    atomic_write_json(work / "key.json", work_key)
     commits = read_commits(work / "commits.jsonl")
 
     n_heldout = heldout_count(source, data.heldout_docs)
@@ -252,9 +271,12 @@ def build_stream(
         raise DataError(f"source {source.name!r} has only {len(heldout)} documents and data.heldout_docs="
                         f"{data.heldout_docs} holds out {n_heldout}, leaving none for training; "
                         f"lower data.heldout_docs or add documents")
+    for _ in itertools.islice(docs, prefix_docs):  # the prefix's documents are read, not tokenized again
+        pass
+    prefix_tokens = prefix["n_tokens"] if prefix is not None else 0
 
     _, exhausted, stopped = _tokenize_training(
-        source, docs, tokenizer_path, work, commits, budget_tokens=budget_tokens, dtype=dtype,
+        source, docs, tokenizer_path, work, commits, budget_tokens=budget_tokens - prefix_tokens, dtype=dtype,
         workers=workers or data.workers or available_cpus(), progress=progress, chunk_chars=chunk_chars,
         stop_after=_stop_after_chunks)
     if stopped:
@@ -262,13 +284,14 @@ def build_stream(
 
     with atomic_dir(out_dir, overwrite=True) as tmp:
         _assemble(tmp, work, commits, budget_tokens, {**base_meta, "split": "train", "budget_tokens": budget_tokens,
-                                                      "exhausted": exhausted})
-        _write_heldout(tmp / "heldout", heldout, tokenizer_path, base_meta)
+                                                      "exhausted": exhausted},
+                  prefix=prefix_dir if prefix is not None else None)
+        if prefix is not None:
+            shutil.copytree(prefix_dir / "heldout", tmp / "heldout")
+        else:
+            _write_heldout(tmp / "heldout", heldout, tokenizer_path, base_meta)
     shutil.rmtree(work, ignore_errors=True)
     return TokenStream(out_dir)
-
-
-
 
 
 def _tokenize_training(
@@ -286,8 +309,6 @@ def _tokenize_training(
     stop_after: int | None,
 ) -> tuple[int, bool, bool]:
     """Commit chunks until the budget is reached. Returns (tokens committed, source exhausted, stopped early)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     total = 0
     new_commits = 0
     exhausted = True
@@ -295,7 +316,6 @@ def _tokenize_training(
     pending: collections.deque[tuple[int, cf.Future]] = collections.deque()
     max_in_flight = 2 * workers
     log = open(work / "commits.jsonl", "a")
-    from rich.console import Console
 
     bar = Progress(TextColumn(f"tokenizing {source.name}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("tokens"), TimeRemainingColumn(), console=Console(stderr=True), transient=True,
@@ -385,12 +405,21 @@ def _init_worker_once(tokenizer_path: Path) -> None:
 
 
 def _assemble(tmp: Path, work: Path, commits: dict[int, dict[str, Any]], budget_tokens: int,
-              meta: dict[str, Any]) -> None:
-    """Concatenate committed chunks in order, up to the document where the budget is reached."""
+              meta: dict[str, Any], *, prefix: Path | None = None) -> None:
+    """Concatenate the prefix stream (if any) and the committed chunks in order, up to the
+    document where the budget is reached."""
     sha = hashlib.sha256()
     all_lens: list[np.ndarray] = []
     total = 0
     with open(tmp / "tokens.bin", "wb") as out:
+        if prefix is not None:
+            with open(prefix / "tokens.bin", "rb") as f:
+                while block := f.read(1 << 22):
+                    out.write(block)
+                    sha.update(block)
+            ends = np.load(prefix / "docs.npy")
+            all_lens.append(np.diff(ends, prepend=0))
+            total = int(ends[-1]) if len(ends) else 0
         index = 0
         while total < budget_tokens and index in commits:
             lens = np.load(work / "shards" / f"{index:06d}.lens.npy")

@@ -18,8 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from codemix.config import DataConfig, SourceConfig
+from codemix.data.fetch import data_path
+from codemix.data.sources import heldout_count, shuffled_documents
 from codemix.errors import DataError
 from codemix.io import atomic_write_json, atomic_write_text, stable_hash
 
@@ -71,8 +74,6 @@ def tokenizer_hash(path: str | Path) -> str:
 
 def hf_tokenizer(path: str | Path):
     """The tokenizer as a `transformers.PreTrainedTokenizerFast` with eos/pad/sep and the sentinels set."""
-    from transformers import PreTrainedTokenizerFast
-
     tok = PreTrainedTokenizerFast(tokenizer_object=load_tokenizer(path), eos_token=EOS, pad_token=PAD,
                                   sep_token=SEP, additional_special_tokens=list(SENTINELS))
     return tok
@@ -96,8 +97,6 @@ def training_sample(data: DataConfig) -> Iterator[str]:
     source's fixed shuffled order, skipping its held-out documents, so the tokenizer never
     sees evaluation text.
     """
-    from codemix.data.sources import heldout_count, shuffled_documents
-
     for group in _groups(data.sources).values():
         share = data.tokenizer.sample_bytes_per_source // len(group)
         for src in group:
@@ -147,8 +146,6 @@ def build_tokenizer(data: DataConfig, out_path: str | Path) -> Path:
         if meta.get("recipe") == recipe and meta.get("hash") == tokenizer_hash(out_path):
             return out_path
     if data.tokenizer.path:
-        from codemix.data.fetch import data_path
-
         tok = load_tokenizer(data_path(data.tokenizer.path, must_exist=False))
         missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
         if missing:  # a from-scratch model needs them; an existing vocabulary keeps its ids

@@ -47,32 +47,33 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import sacrebleu
+from rich.console import Console
+from rich.progress import Progress
+from rouge_score import rouge_scorer
 
-from codemix.errors import CodemixError, ConfigError, DataError
-
-if TYPE_CHECKING:
-    from codemix.config import BigbenchEvalConfig, StudyConfig
-    from codemix.evals.handle import Handle
+from codemix.config import BigbenchEvalConfig, StudyConfig
+from codemix.data.fetch import data_path
+from codemix.errors import DataError
+from codemix.evals.benchmark import EvalContext, print_rows
+from codemix.evals.handle import Handle
+from codemix.io import atomic_write_json
 
 __all__ = [
     "CODE_KEYWORDS",
     "DEFAULT_PATH",
     "GENERATIVE_METRICS",
+    "Bigbench",
     "BigbenchTask",
-    "add_arguments",
-    "evaluate",
     "exact_str_match",
     "bleu",
     "load_tasks",
     "multiple_choice_grade",
-    "resolve_config",
     "rouge",
-    "run",
     "select_tasks",
-    "write_results",
 ]
 
 #: The data directory's BIG-bench file (SOURCES.md): one JSON record per task.json.
@@ -331,8 +332,6 @@ def load_tasks(path: str | Path | None = None) -> list[BigbenchTask]:
     ``name`` field. Inline ``subtasks`` lists are expanded. Malformed files raise one
     :class:`~codemix.errors.DataError` listing every problem.
     """
-    from codemix.data.fetch import data_path
-
     p = data_path(path or DEFAULT_PATH)
     if p.is_dir():
         tasks = _load_dir(p)
@@ -391,8 +390,6 @@ def bleu(predictions: Sequence[str], targets: Sequence[Sequence[str]]) -> float:
     Examples with fewer targets repeat their first one, which leaves BLEU unchanged
     (clipped n-gram counts and the closest reference length are the same).
     """
-    import sacrebleu
-
     if not predictions:
         return float("nan")
     width = max(len(t) for t in targets)
@@ -402,8 +399,6 @@ def bleu(predictions: Sequence[str], targets: Sequence[Sequence[str]]) -> float:
 
 def rouge(predictions: Sequence[str], targets: Sequence[Sequence[str]]) -> dict[str, float]:
     """ROUGE-1/2/Lsum F-measure (rouge-score, 0-100): best target per example, mean over examples."""
-    from rouge_score import rouge_scorer
-
     kinds = ("rouge1", "rouge2", "rougeLsum")
     if not predictions:
         return {k: float("nan") for k in kinds}
@@ -493,135 +488,89 @@ def _evaluate_generative(handle: Handle, task: BigbenchTask, examples: list[tupl
     return rows, per_example
 
 
-def evaluate(model: Any, cfg: BigbenchEvalConfig, *, out_dir: str | Path, limit: int | None = None,
-             study: StudyConfig | None = None, device: str = "auto") -> list[dict[str, Any]]:
-    """Evaluate ``model`` (a path or a :class:`Handle`) zero-shot on the configured BIG-bench tasks.
+class Bigbench:
+    """The ``bigbench`` benchmark (registry entry)."""
 
-    ``limit`` (else ``cfg.limit``) caps the examples per task/subtask: the first N. Writes
-    ``out_dir/predictions.json`` (every example's prompt, option log-probs or completion)
-    and ``out_dir/summary.json``; returns tidy rows with ``question_type``.
-    """
-    from rich.progress import Progress
+    needs_heldout = False
+    finetunes = False
 
-    from codemix.evals.handle import load_handle
-    from codemix.io import atomic_write_json
+    def __init__(self, config: type[BigbenchEvalConfig]):
+        self.config = config
 
-    limit = limit or cfg.limit
-    tasks = select_tasks(load_tasks(cfg.path), cfg.tasks, include_code_tasks=cfg.include_code_tasks)
-    if not tasks:
-        raise DataError("no BIG-bench tasks to run (all were code tasks?); set include_code_tasks or name tasks")
-    handle = load_handle(model, device=device, batch_size=cfg.batch_size)
-    truncated_before = handle.truncated
-    rows: list[dict[str, Any]] = []
-    outputs: dict[str, list[dict[str, Any]]] = {}
-    start = time.perf_counter()
-    n_examples = 0
-    with Progress(transient=True) as progress:
-        bar = progress.add_task("BIG-bench", total=len(tasks))
-        for task in tasks:
-            progress.update(bar, description=f"BIG-bench {task.key}")
-            outputs[task.key] = []
-            mc, gen = task.mc_examples(limit), task.generative_examples(limit)
-            if mc:
-                r, ex = _evaluate_mc(handle, task, mc, cfg.batch_size)
-                rows += r
-                outputs[task.key] += ex
-            if gen:
-                r, ex = _evaluate_generative(handle, task, gen, cfg.batch_size)
-                rows += r
-                outputs[task.key] += ex
-            n_examples += len({i for i, _ in mc} | {i for i, _ in gen})
-            progress.advance(bar)
-    seconds = time.perf_counter() - start
-    out = Path(out_dir)
-    atomic_write_json(out / "predictions.json", outputs)
-    atomic_write_json(out / "summary.json", {"tasks": [t.key for t in tasks], "examples": n_examples,
-                                             "truncated_inputs": handle.truncated - truncated_before,
-                                             "seconds": seconds, "limit": limit, "model": str(handle.path)})
-    return rows
+    def evaluate(self, handle: Handle | None, cfg: BigbenchEvalConfig, ctx: EvalContext) -> list[dict[str, Any]]:
+        """Evaluate zero-shot on the configured BIG-bench tasks.
 
+        ``cfg.limit`` caps the examples per task/subtask: the first N. Writes
+        ``ctx.out_dir/predictions.json`` (every example's prompt, option log-probs or completion)
+        and ``ctx.out_dir/summary.json``; returns tidy rows with ``question_type``.
+        """
+        assert handle is not None
+        tasks = select_tasks(load_tasks(cfg.path), cfg.tasks, include_code_tasks=cfg.include_code_tasks)
+        if not tasks:
+            raise DataError("no BIG-bench tasks to run (all were code tasks?); set include_code_tasks or name tasks")
+        truncated_before = handle.truncated
+        rows: list[dict[str, Any]] = []
+        outputs: dict[str, list[dict[str, Any]]] = {}
+        start = time.perf_counter()
+        n_examples = 0
+        with Progress(transient=True, disable=not ctx.progress) as progress:
+            bar = progress.add_task("BIG-bench", total=len(tasks))
+            for task in tasks:
+                progress.update(bar, description=f"BIG-bench {task.key}")
+                outputs[task.key] = []
+                mc, gen = task.mc_examples(cfg.limit), task.generative_examples(cfg.limit)
+                if mc:
+                    r, ex = _evaluate_mc(handle, task, mc, cfg.batch_size)
+                    rows += r
+                    outputs[task.key] += ex
+                if gen:
+                    r, ex = _evaluate_generative(handle, task, gen, cfg.batch_size)
+                    rows += r
+                    outputs[task.key] += ex
+                n_examples += len({i for i, _ in mc} | {i for i, _ in gen})
+                progress.advance(bar)
+        atomic_write_json(ctx.out_dir / "predictions.json", outputs)
+        atomic_write_json(ctx.out_dir / "summary.json", {
+            "tasks": [t.key for t in tasks], "examples": n_examples,
+            "truncated_inputs": handle.truncated - truncated_before, "seconds": time.perf_counter() - start,
+            "limit": cfg.limit, "model": str(handle.path)})
+        return rows
 
-# ---------------------------------------------------------------------- command line
+    def needs_model(self, cfg: BigbenchEvalConfig) -> bool:
+        return True
 
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = (
+            "Zero-shot BIG-bench JSON tasks. Multiple-choice examples are scored by the log-probability of each "
+            "option given the prompt (multiple_choice_grade, and a per-byte length-normalized variant); "
+            "generative examples are decoded greedily to a newline and scored with the metrics the task declares "
+            "(exact_str_match, bleu, rouge). Code tasks are left out unless named or "
+            "--set include_code_tasks=true.")
+        parser.add_argument("--tasks", metavar="a,b|DIR|FILE",
+                            help="comma-separated task names (task or task:subtask), or a directory of task.json "
+                                 "files, or one task.json / BIG-bench JSONL (default: every non-code task of "
+                                 f"{DEFAULT_PATH} in the data directory)")
+        parser.add_argument("--limit", type=int, metavar="N", help="at most N examples per task/subtask (the first N)")
+        parser.add_argument("--batch-size", type=int, metavar="N", help="sequences per forward pass")
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``codemix eval bigbench`` (the CLI adds --set and --study)."""
-    from codemix.evals import add_model_arguments
+    def options(self, args: argparse.Namespace) -> dict[str, Any]:
+        values: dict[str, Any] = {"limit": args.limit, "batch_size": args.batch_size}
+        if args.tasks and Path(args.tasks).exists():
+            values.update(path=str(Path(args.tasks).resolve()), tasks=[])
+        elif args.tasks:
+            values["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        return values
 
-    parser.description = (
-        "Zero-shot BIG-bench JSON tasks. Multiple-choice examples are scored by the log-probability of each "
-        "option given the prompt (multiple_choice_grade, and a per-byte length-normalized variant); generative "
-        "examples are decoded greedily to a newline and scored with the metrics the task declares "
-        "(exact_str_match, bleu, rouge). Code tasks are left out unless named or --set include_code_tasks=true.")
-    add_model_arguments(parser, batch_size=True)
-    parser.add_argument("--tasks", metavar="a,b|DIR|FILE",
-                        help="comma-separated task names (task or task:subtask), or a directory of task.json files, "
-                             "or one task.json / BIG-bench JSONL (default: every non-code task of "
-                             f"{DEFAULT_PATH} in the data directory)")
-    parser.add_argument("--limit", type=int, metavar="N", help="at most N examples per task/subtask (the first N)")
-    parser.add_argument("--out", default="bigbench-results.csv", metavar="FILE",
-                        help="tidy result rows as CSV (default: bigbench-results.csv); per-example outputs go to "
-                             "the directory of the same name without .csv")
+    def data_files(self, cfg: BigbenchEvalConfig) -> list[str]:
+        return [cfg.path or DEFAULT_PATH]
 
+    def flops(self, cfg: BigbenchEvalConfig, n_params: int, study: StudyConfig) -> float:
+        return 2.0 * n_params * (cfg.limit or 1000) * max(len(cfg.tasks), 24) * 4 * 128
 
-def resolve_config(args: argparse.Namespace, name: str, cls: type) -> Any:
-    """The benchmark config: the study's (``--study``), else defaults, then ``--set`` overrides."""
-    from pydantic import ValidationError
-
-    from codemix.config import apply_overrides, load_study
-
-    study = load_study(args.study) if getattr(args, "study", None) else None
-    base = getattr(study.evals, name, None) if study is not None else None
-    raw = apply_overrides((base or cls()).model_dump(), getattr(args, "overrides", None))
-    try:
-        return cls.model_validate(raw), study
-    except ValidationError as err:
-        raise ConfigError([f"--set {'.'.join(map(str, e['loc']))}: {e['msg']} (found {e.get('input')!r})"
-                           for e in err.errors()]) from None
-
-
-def write_results(rows: list[dict[str, Any]], out: Path, title: str) -> None:
-    """Write tidy rows to ``out`` (CSV, atomically) and print them as a rich table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from codemix.evals import write_rows
-
-    fields = write_rows(rows, out)
-    table = Table(title=title)
-    for f in fields:
-        table.add_column(f, justify="right" if f in ("value", "n") else "left")
-    for r in rows:
-        table.add_row(*[f"{r[f]:.4f}" if isinstance(r.get(f), float) else str(r.get(f, "")) for f in fields])
-    Console().print(table)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``codemix eval bigbench``: evaluate, print a table, write the CSV and per-example outputs."""
-    from rich.console import Console
-
-    from codemix.config import BigbenchEvalConfig, print_config
-
-    cfg, study = resolve_config(args, "bigbench", BigbenchEvalConfig)
-    if args.tasks:
-        if Path(args.tasks).exists():
-            cfg.path, cfg.tasks = str(Path(args.tasks).resolve()), []
-        else:
-            cfg.tasks = [t for t in args.tasks.split(",") if t.strip()]
-    if args.batch_size is not None:
-        if args.batch_size <= 0:
-            raise CodemixError(f"--batch-size must be a positive number, found {args.batch_size}")
-        cfg.batch_size = args.batch_size
-    if args.limit is not None and args.limit <= 0:
-        raise CodemixError(f"--limit must be a positive number of examples, found {args.limit}")
-    print_config(cfg, title="bigbench config")
-    out = Path(args.out)
-    out_dir = out.with_suffix("") if out.suffix else out.with_name(out.name + "-outputs")
-    start = time.perf_counter()
-    rows = evaluate(args.model, cfg, out_dir=out_dir, limit=args.limit, study=study, device=args.device)
-    write_results(rows, out, "BIG-bench (zero-shot)")
-    summary = json.loads((out_dir / "summary.json").read_text())
-    Console(stderr=True).print(f"{summary['examples']} examples in {time.perf_counter() - start:.1f} s; "
-                               f"{summary['truncated_inputs']} inputs left-truncated to the model's context; "
-                               f"wrote {out} and {out_dir}/predictions.json")
-    return 0
+    def report(self, rows: list[dict[str, Any]], cfg: BigbenchEvalConfig, ctx: EvalContext, console: Console) -> int:
+        print_rows(rows, "BIG-bench (zero-shot)", console)
+        summary = json.loads((ctx.out_dir / "summary.json").read_text())
+        console.print(f"{summary['examples']} examples in {summary['seconds']:.1f} s; "
+                      f"{summary['truncated_inputs']} inputs left-truncated to the model's context; "
+                      f"details in {ctx.out_dir}/predictions.json")
+        return 0

@@ -31,33 +31,35 @@ import argparse
 import functools
 import gzip
 import json
-import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rich.console import Console
+
+from codemix.config import CogsEvalConfig, StudyConfig
 from codemix.data.fetch import data_path
-from codemix.errors import CodemixError, ConfigError, DataError
-
-if TYPE_CHECKING:
-    from codemix.config import CogsEvalConfig, StudyConfig
+from codemix.errors import DataError
+from codemix.evals.benchmark import EvalContext, print_rows
+from codemix.evals.handle import Handle
+from codemix.io import atomic_write_json
+from codemix.train.finetune import finetune
 
 __all__ = [
+    "COGS",
+    "COGS_VF",
+    "PASSIVIZATION",
     "SPLITS",
-    "TASKS",
+    "Cogs",
     "Example",
     "TaskData",
-    "add_arguments",
-    "evaluate",
     "exact_match",
     "gen_categories",
     "is_well_formed",
     "load_split",
     "normalize",
-    "run",
     "score",
     "select",
     "summarize",
@@ -77,7 +79,6 @@ STRUCTURAL_SECTIONS = ("3.2.", "3.3.")
 class TaskData:
     """Where a task's splits live and which metrics apply to it."""
 
-    name: str
     pattern: str
     """Path of a split relative to the data directory, with ``{split}``."""
     has_types: bool
@@ -86,12 +87,9 @@ class TaskData:
     """Whether outputs are logical forms (well-formedness and lexical/structural apply)."""
 
 
-TASKS: dict[str, TaskData] = {
-    "cogs": TaskData("cogs", "cogs/cogs_{split}.tsv.gz", has_types=True, logical_forms=True),
-    "cogs_vf": TaskData("cogs_vf", "cogs_vf/cogs_vf_{split}.tsv.gz", has_types=True, logical_forms=True),
-    "passivization": TaskData("passivization", "passivization/passiv_en_nps_{split}.tsv.gz",
-                              has_types=False, logical_forms=False),
-}
+COGS = TaskData("cogs/cogs_{split}.tsv.gz", has_types=True, logical_forms=True)
+COGS_VF = TaskData("cogs_vf/cogs_vf_{split}.tsv.gz", has_types=True, logical_forms=True)
+PASSIVIZATION = TaskData("passivization/passiv_en_nps_{split}.tsv.gz", has_types=False, logical_forms=False)
 
 
 @dataclass(frozen=True)
@@ -107,21 +105,14 @@ class Example:
     """Row of the example in its split file (0-based), so outputs can be joined back."""
 
 
-def _task(task: str) -> TaskData:
-    if task not in TASKS:
-        raise CodemixError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    return TASKS[task]
-
-
-def load_split(task: str, split: str) -> list[Example]:
+def load_split(spec: TaskData, split: str) -> list[Example]:
     """All examples of one split, in file order.
 
     A split name outside train/dev/test/gen, or a split file missing from the data
     directory, raises a :class:`DataError` that says what to do.
     """
-    spec = _task(task)
     if split not in SPLITS:
-        raise DataError(f"{task} has no split {split!r}; expected one of {', '.join(SPLITS)}")
+        raise DataError(f"{spec.pattern} has no split {split!r}; expected one of {', '.join(SPLITS)}")
     path = data_path(spec.pattern.format(split=split))
     examples = []
     with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
@@ -130,7 +121,7 @@ def load_split(task: str, split: str) -> list[Example]:
             want = 3 if spec.has_types else 2
             if len(fields) != want:
                 raise DataError(f"{path} line {i + 1}: expected {want} tab-separated fields, found {len(fields)}; "
-                                f"the file is not the {task} {split} split (re-fetch it with `codemix data fetch`)")
+                                f"the file is not the {split} split (re-fetch it with `codemix data fetch`)")
             if spec.has_types:
                 source, target, kind = fields
             else:
@@ -138,7 +129,7 @@ def load_split(task: str, split: str) -> list[Example]:
                 kind = source.rsplit(" ", 1)[-1]  # the task tag: decl or passiv
             examples.append(Example(source, target, kind, split, i))
     if not examples:
-        raise DataError(f"{path} is empty; expected the {task} {split} split (re-fetch it with `codemix data fetch`)")
+        raise DataError(f"{path} is empty; expected the {split} split (re-fetch it with `codemix data fetch`)")
     return examples
 
 
@@ -238,8 +229,8 @@ def _row(task: str, subtask: str, metric: str, values: Sequence[float]) -> dict[
             "question_type": "generative", "primary": subtask == "gen" and metric == "exact_match"}
 
 
-def score(task: str, examples: Sequence[Example], predictions: Sequence[str]) -> list[dict[str, Any]]:
-    """Tidy rows (task, subtask, metric, value, n) for decoded outputs of any splits.
+def score(task: str, spec: TaskData, examples: Sequence[Example], predictions: Sequence[str]) -> list[dict[str, Any]]:
+    """Tidy rows (``task``, subtask, metric, value, n) for decoded outputs of any splits of ``spec``.
 
     Subtasks: the split (``dev``, ``gen``); for a split with several types also
     ``<split>/<type>``; on COGS/COGS-vf gen also ``gen/lexical`` and ``gen/structural``.
@@ -247,7 +238,6 @@ def score(task: str, examples: Sequence[Example], predictions: Sequence[str]) ->
     """
     if len(examples) != len(predictions):
         raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
-    spec = _task(task)
     categories = gen_categories() if spec.logical_forms else {}
     types_per_split: dict[str, set[str]] = defaultdict(set)
     for ex in examples:
@@ -271,73 +261,87 @@ def score(task: str, examples: Sequence[Example], predictions: Sequence[str]) ->
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _config_for(task: str, study: StudyConfig | None) -> CogsEvalConfig:
-    from codemix.config import CogsEvalConfig
+class Cogs:
+    """COGS, COGS-vf or passivization (registry entries): ``data`` says which files."""
 
-    cfg = getattr(study.evals, task, None) if study is not None else None
-    return cfg if cfg is not None else CogsEvalConfig()
+    needs_heldout = False
+    finetunes = True
 
+    def __init__(self, config: type[CogsEvalConfig], data: TaskData):
+        self.config, self.data = config, data
 
-def evaluate(
-    model: Any,
-    cfg: CogsEvalConfig,
-    *,
-    out_dir: str | Path,
-    limit: int | None = None,
-    study: StudyConfig | None = None,
-    task: str = "cogs",
-    device: str = "auto",
-    finetuned_out: str | Path | None = None,
-) -> list[dict[str, Any]]:
-    """Finetune ``model`` on ``task``'s train split, then score dev and gen.
+    def evaluate(self, handle: Handle | None, cfg: CogsEvalConfig, ctx: EvalContext) -> list[dict[str, Any]]:
+        """Finetune on the train split, then score dev and gen.
 
-    ``model`` is a checkpoint/HF directory or a loaded :class:`~codemix.evals.handle.Handle`
-    (finetuning changes a given handle's weights in place). ``limit`` (default
-    ``cfg.limit``) caps the evaluated examples per split and type. ``out_dir`` receives
-    ``predictions.json`` (one record per evaluated example), ``results.json`` (the rows)
-    and ``finetune/`` (training log and the decoded outputs of every periodic evaluation).
-    ``finetuned_out``, if given, receives the finetuned model in Hugging Face format.
-    ``study`` is accepted for the common benchmark protocol; COGS needs nothing from it.
-    """
-    from codemix.io import atomic_write_json
-    from codemix.train.finetune import finetune
+        Finetuning changes the handle's weights in place. ``cfg.limit`` caps the evaluated
+        examples per split and type. ``ctx.out_dir`` receives ``predictions.json`` (one record per
+        evaluated example), ``results.json`` (the rows) and ``finetune/`` (training log and the
+        decoded outputs of every periodic evaluation); ``ctx.finetuned_out``, if given, the
+        finetuned model in Hugging Face format.
+        """
+        assert handle is not None
+        spec, task = self.data, self.config.section
+        train = load_split(spec, "train")
+        evals = {split: select(load_split(spec, split), cfg.limit) for split in ("dev", "gen")}
+        max_new_tokens = _max_new_tokens(handle.tokenizer, [ex for exs in evals.values() for ex in exs],
+                                         cfg.max_new_tokens)
+        result = finetune(
+            handle,
+            [(ex.input, ex.target) for ex in train],
+            cfg.finetune,
+            eval_sets={split: [(ex.input, ex.target) for ex in exs] for split, exs in evals.items()},
+            out_dir=ctx.out_dir / "finetune",
+            decode_batch_size=cfg.batch_size,
+            max_new_tokens=max_new_tokens,
+            summarize=functools.partial(summarize, logical_forms=spec.logical_forms),
+            save_to=ctx.finetuned_out,
+        )
+        if handle.truncated:
+            _console().print(f"[yellow]warning:[/yellow] {handle.truncated} prompts were cut from the left to fit "
+                             f"the model's context of {handle.max_length} tokens; their outputs are likely wrong",
+                             highlight=False)
+        examples = [ex for split in ("dev", "gen") for ex in evals[split]]
+        predictions = [p for split in ("dev", "gen") for p in result.outputs[split]]
+        rows = score(task, spec, examples, predictions)
+        categories = gen_categories() if spec.logical_forms else {}
+        records = [
+            {**asdict(ex), "category": categories.get(ex.type), "prediction": pred,
+             "exact_match": exact_match(pred, ex.target),
+             **({"well_formed": is_well_formed(pred)} if spec.logical_forms else {})}
+            for ex, pred in zip(examples, predictions)
+        ]
+        atomic_write_json(ctx.out_dir / "predictions.json", records)
+        atomic_write_json(ctx.out_dir / "results.json", rows)
+        return rows
 
-    spec = _task(task)
-    limit = cfg.limit if limit is None else limit
-    out_dir = Path(out_dir)
-    train = load_split(task, "train")
-    evals = {split: select(load_split(task, split), limit) for split in ("dev", "gen")}
-    handle = _load(model, device)
-    max_new_tokens = _max_new_tokens(handle.tokenizer, [ex for exs in evals.values() for ex in exs],
-                                     cfg.max_new_tokens)
-    result = finetune(
-        handle,
-        [(ex.input, ex.target) for ex in train],
-        cfg.finetune,
-        eval_sets={split: [(ex.input, ex.target) for ex in exs] for split, exs in evals.items()},
-        out_dir=out_dir / "finetune",
-        decode_batch_size=cfg.batch_size,
-        max_new_tokens=max_new_tokens,
-        summarize=functools.partial(summarize, logical_forms=spec.logical_forms),
-        save_to=finetuned_out,
-    )
-    if handle.truncated:
-        _console().print(f"[yellow]warning:[/yellow] {handle.truncated} prompts were cut from the left to fit the "
-                         f"model's context of {handle.max_length} tokens; their outputs are likely wrong",
-                         highlight=False)
-    examples = [ex for split in ("dev", "gen") for ex in evals[split]]
-    predictions = [p for split in ("dev", "gen") for p in result.outputs[split]]
-    rows = score(spec.name, examples, predictions)
-    categories = gen_categories() if spec.logical_forms else {}
-    records = [
-        {**asdict(ex), "category": categories.get(ex.type), "prediction": pred,
-         "exact_match": exact_match(pred, ex.target),
-         **({"well_formed": is_well_formed(pred)} if spec.logical_forms else {})}
-        for ex, pred in zip(examples, predictions)
-    ]
-    atomic_write_json(out_dir / "predictions.json", records)
-    atomic_write_json(out_dir / "results.json", rows)
-    return rows
+    def needs_model(self, cfg: CogsEvalConfig) -> bool:
+        return True
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = (
+            "Finetune a pretrained model on the task's train split, then decode dev and gen greedily and "
+            "report exact match (on gen also per lexical/structural category and per type) and, for COGS "
+            "and COGS-vf, well-formedness of the logical forms. Finetuning options: --set finetune.steps=N, "
+            "finetune.batch_size, finetune.lr, finetune.eval_every, finetune.max_train_examples.")
+        parser.add_argument("--limit", type=int, metavar="N",
+                            help="evaluate at most N examples per split and type (quick checks; default: all)")
+
+    def options(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {"limit": args.limit}
+
+    def data_files(self, cfg: CogsEvalConfig) -> list[str]:
+        files = [self.data.pattern.format(split=split) for split in ("train", "dev", "gen")]
+        return files + (["cogs/gen_cases_to_paper_sections.json"] if self.data.logical_forms else [])
+
+    def flops(self, cfg: CogsEvalConfig, n_params: int, study: StudyConfig) -> float:
+        ft = cfg.finetune
+        limit = cfg.limit or 21_000
+        return 6.0 * n_params * ft.steps * ft.batch_size * 96 + 2.0 * n_params * limit * 3 * 128
+
+    def report(self, rows: list[dict[str, Any]], cfg: CogsEvalConfig, ctx: EvalContext, console: Console) -> int:
+        headline = [r for r in rows if "/" not in r["subtask"] or r["subtask"] in ("gen/lexical", "gen/structural")]
+        print_rows(headline, f"{self.config.section}: headline rows (every type is in the results file)", console)
+        return 0
 
 
 def _max_new_tokens(tokenizer: Any, examples: Sequence[Example], max_new_tokens: int | None) -> int:
@@ -357,86 +361,5 @@ def _max_new_tokens(tokenizer: Any, examples: Sequence[Example], max_new_tokens:
     return max_new_tokens
 
 
-def _console() -> Any:
-    from rich.console import Console
-
+def _console() -> Console:
     return Console(stderr=True)
-
-
-def _load(model: Any, device: str) -> Any:
-    """A :class:`Handle` for a path, or the given handle."""
-    if isinstance(model, (str, Path)):
-        from codemix.evals.handle import load_handle
-
-        return load_handle(model, device=device)
-    return model
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``codemix eval cogs|cogs_vf|passivization`` (the CLI adds --set and --study)."""
-    from codemix.evals import add_model_arguments
-
-    parser.description = (
-        "Finetune a pretrained model on the task's train split, then decode dev and gen greedily and "
-        "report exact match (on gen also per lexical/structural category and per type) and, for COGS "
-        "and COGS-vf, well-formedness of the logical forms. Finetuning options: --set finetune.steps=N, "
-        "finetune.batch_size, finetune.lr, finetune.eval_every, finetune.max_train_examples."
-    )
-    add_model_arguments(parser)
-    parser.add_argument("--limit", type=int, metavar="N",
-                        help="evaluate at most N examples per split and type (quick checks; default: all)")
-    parser.add_argument("--out", default=None, metavar="FILE",
-                        help="result rows as CSV (default: <benchmark>-results.csv); per-example outputs and the "
-                             "finetuning log go to the directory of the same name without .csv")
-    parser.add_argument("--finetuned-out", metavar="DIR",
-                        help="also save the finetuned model here (Hugging Face format)")
-
-
-def _resolve_config(args: argparse.Namespace) -> CogsEvalConfig:
-    from pydantic import ValidationError
-
-    from codemix.config import CogsEvalConfig, apply_overrides, load_study
-
-    study = load_study(args.study) if getattr(args, "study", None) else None
-    base = _config_for(args.benchmark, study)
-    raw = apply_overrides(base.model_dump(), getattr(args, "overrides", None))
-    try:
-        return CogsEvalConfig.model_validate(raw)
-    except ValidationError as err:
-        problems = [f"--set {'.'.join(map(str, e['loc']))}: {e['msg']} (found {e.get('input')!r})"
-                    for e in err.errors()]
-        raise ConfigError(problems) from None
-
-
-def run(args: argparse.Namespace) -> int:
-    """``codemix eval cogs|cogs_vf|passivization``: finetune, evaluate, write rows and outputs."""
-    from codemix.config import print_config
-    from codemix.evals import write_rows
-
-    task = args.benchmark
-    _task(task)
-    if args.limit is not None and args.limit <= 0:
-        raise CodemixError(f"--limit must be a positive number of examples, found {args.limit}")
-    cfg = _resolve_config(args)
-    if args.limit is not None:
-        cfg.limit = args.limit
-    print_config(cfg, title=f"{task} config")
-    out = Path(args.out or f"{task}-results.csv")
-    out_dir = out.with_suffix("") if out.suffix else out.with_name(out.name + "-outputs")
-    start = time.perf_counter()
-    rows = evaluate(args.model, cfg, out_dir=out_dir, task=task, device=args.device,
-                    finetuned_out=args.finetuned_out)
-    write_rows(rows, out)
-    console = _console()
-    for row in _summary(rows):
-        console.print(f"{row['subtask']:<12} {row['metric']:<12} {row['value']:.4f}  (n={row['n']})")
-    console.print(f"wrote {out} and {out_dir}/predictions.json in {time.perf_counter() - start:.0f} s")
-    return 0
-
-
-def _summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The headline rows: per split and per gen category (the per-type rows are in the CSV)."""
-    return [r for r in rows if "/" not in r["subtask"] or r["subtask"] in ("gen/lexical", "gen/structural")]

@@ -53,6 +53,9 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from codemix.config import EXEC_LANGUAGES, normalize_language
 from codemix.errors import ToolchainError
 
 __all__ = [
@@ -64,7 +67,6 @@ __all__ = [
     "SandboxError",
     "default_cache_dir",
     "isolation_mode",
-    "normalize_language",
 ]
 
 OUTCOMES = ("passed", "failed", "timeout", "compile_error", "runtime_error")
@@ -366,16 +368,7 @@ LANGUAGES: dict[str, Language] = {
     "rs": Language("rs", "rustc", "rustc", ("--version",), "main.rs", _rs_steps, _rs_classify),
     "go": Language("go", "go", "golang-go", ("version",), "main_test.go", _go_steps, _go_classify),
 }
-_ALIASES = {"python": "py", "python3": "py", "rust": "rs", "golang": "go", "go_test.go": "go"}  # last: MultiPL-E's
-
-
-def normalize_language(name: str) -> str:
-    """``py``/``rs``/``go`` for a language name or alias (``python``, ``rust``, ``golang``)."""
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in LANGUAGES:
-        raise ValueError(f"unknown language {name!r}; expected one of {', '.join(LANGUAGES)} "
-                         f"(or {', '.join(_ALIASES)})")
-    return key
+assert tuple(LANGUAGES) == EXEC_LANGUAGES  # the toolchains of the languages the config accepts
 
 
 # ----------------------------------------------------------------------------- sandbox
@@ -786,8 +779,6 @@ class Sandbox:
                 results[i] = hit
             else:
                 todo.setdefault(key, []).append(i)  # identical programs run once
-
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, disable=not progress or not todo, transient=True) as bar, \

@@ -30,7 +30,6 @@ Conventions (they matter for comparing numbers across models):
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +37,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import StoppingCriteria
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
+from codemix.checkpoint import checkpoint_info, is_codemix_checkpoint
 from codemix.errors import CheckpointError
+from codemix.models.export import load_hf
 
 __all__ = ["Handle", "TokenScores", "load_handle", "resolve_device", "save_tiny_model"]
 
@@ -293,8 +306,6 @@ class Handle:
         its completion contains a stop string, and a batch stops once every sequence has.
         Prompts that do not leave room for ``max_new_tokens`` lose tokens from the left.
         """
-        from transformers import GenerationConfig, StoppingCriteriaList
-
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1 or n < 1:
@@ -462,29 +473,6 @@ class _StopOnStrings(StoppingCriteria):
 # ---------------------------------------------------------------------- loading
 
 
-def _is_codemix_checkpoint(path: Path) -> bool:
-    if (path / "checkpoints").is_dir() or (path / "trainer_state.json").is_file():
-        return True
-    config = path / "config.json"
-    if config.is_file():
-        try:
-            return "codemix" in json.loads(config.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return False
-    return False
-
-
-def _codemix_seq_len(path: Path) -> int | None:
-    """The pretraining sequence length recorded in a codemix checkpoint (the latest one of a run directory)."""
-    from codemix.train.pretrain import latest_checkpoint
-
-    try:
-        value = json.loads((latest_checkpoint(path) / "config.json").read_text())["codemix"].get("seq_len")
-    except (OSError, KeyError, json.JSONDecodeError, CheckpointError):
-        return None
-    return int(value) if isinstance(value, int) and value > 0 else None
-
-
 def _max_length(model: Any, tokenizer: Any) -> int:
     cfg = model.config
     for name in ("max_position_embeddings", "n_positions", "max_seq_len", "n_ctx"):
@@ -515,15 +503,9 @@ def load_handle(path: str | Path | Handle, device: str = "auto", *, batch_size: 
         raise CheckpointError(f"model path {path} is not a directory; pass a codemix checkpoint or run directory, "
                               "or a Hugging Face model directory (with config.json)")
     dev = resolve_device(device)
-    if _is_codemix_checkpoint(path):
-        try:
-            from codemix.models.export import load_hf
-        except ImportError as err:
-            raise CheckpointError(f"{path} is a codemix checkpoint but codemix.models.export cannot be imported "
-                                  f"({err}); export it with `codemix export` elsewhere and pass the exported "
-                                  "directory") from None
+    if is_codemix_checkpoint(path):
         model, tokenizer = load_hf(path)
-        train_length = _codemix_seq_len(path)
+        train_length = checkpoint_info(path).seq_len
     elif (path / "config.json").is_file():
         model, tokenizer = _load_hf_dir(path)
         train_length = None
@@ -544,8 +526,6 @@ def load_handle(path: str | Path | Handle, device: str = "auto", *, batch_size: 
 
 
 def _load_hf_dir(path: Path) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as err:
@@ -575,8 +555,6 @@ def save_tiny_model(out_dir: str | Path, tokenizer: Any, *, arch: str = "gpt", s
     (``arch="gpt"``) or ``T5ForConditionalGeneration`` (``arch="t5"``) of a few layers that
     runs on a CPU in milliseconds and loads with :func:`load_handle` like any HF directory.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
-
     torch.manual_seed(seed)
     vocab = len(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -29,22 +29,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
-from codemix.errors import ConfigError, DataError
-from codemix.evals.execution import OUTCOMES, ExecResult, Limits, Sandbox, default_cache_dir, normalize_language
+from codemix.config import MbppConfig, StudyConfig, normalize_language
+from codemix.data.fetch import data_path
+from codemix.errors import DataError
+from codemix.evals.benchmark import EvalContext
+from codemix.evals.execution import OUTCOMES, ExecResult, Limits, Sandbox, default_cache_dir
+from codemix.evals.handle import Handle
+from codemix.io import atomic_write_text
 
 __all__ = [
-    "MbppConfig",
+    "Mbpp",
     "Problem",
-    "add_arguments",
     "build_program",
-    "evaluate",
     "load_mbpp",
     "load_multipl_e",
     "pass_at_k",
     "read_completions",
-    "run",
     "score",
     "select_problems",
     "truncate",
@@ -58,67 +62,6 @@ BUILTIN_SETS = ("mbpp", "mbpp-sanitized")
 #: Stop sequences for original-MBPP prompts (as in bigcode-evaluation-harness's MBPP task).
 MBPP_STOP = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
 SAMPLES_FILE = "mbpp_samples.jsonl"
-
-
-# ----------------------------------------------------------------------------- config
-
-
-class MbppConfig(BaseModel):
-    """MBPP / MultiPL-E evaluation."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-    langs: list[str] = Field(default_factory=lambda: ["py", "rs", "go"])
-    """Languages: py, rs, go (aliases python, rust, golang)."""
-    n: int = Field(1, gt=0)
-    """Samples per problem."""
-    k: list[int] = Field(default_factory=lambda: [1])
-    """pass@k reported for each k (every k <= n)."""
-    temperature: float = Field(0.0, ge=0.0)
-    """Sampling temperature (default: 0.0 when n == 1, else 0.8)."""
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    """Nucleus sampling mass."""
-    max_new_tokens: int = Field(256, gt=0)
-    """Longest completion, in tokens."""
-    limit: int | None = Field(None, gt=0)
-    """At most this many problems per language."""
-    problems: str | None = None
-    """A MultiPL-E-format JSONL file, or `mbpp` / `mbpp-sanitized` (original MBPP, Python); default: MultiPL-E MBPP."""
-    common_only: bool = False
-    """Only problems present in every chosen language."""
-    timeout_s: float = Field(10.0, gt=0)
-    """Wall-clock limit per program run, in seconds (compiling gets extra time)."""
-    workers: int = Field(0, ge=0)
-    """Parallel sandbox workers (0: one per CPU)."""
-    seed: int = 0
-    """Generation seed."""
-    batch_size: int = Field(16, gt=0)
-    """Prompts per generate call."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_temperature(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("temperature") is None:
-            data = {**data, "temperature": 0.0 if int(data.get("n", 1) or 1) == 1 else 0.8}
-        return data
-
-    @field_validator("langs")
-    @classmethod
-    def _langs(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("at least one language is needed")
-        return list(dict.fromkeys(normalize_language(x) for x in v))
-
-    @model_validator(mode="after")
-    def _check(self) -> MbppConfig:
-        problems = []
-        bad = [k for k in self.k if k < 1 or k > self.n]
-        if bad or not self.k:
-            problems.append(f"k must be a non-empty list of 1 <= k <= n = {self.n}; found {self.k}"
-                            + (f" (use --n {max(self.k)} or more)" if bad else ""))
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
 
 # ----------------------------------------------------------------------------- problems
@@ -178,7 +121,6 @@ def _data_file(relpath: str, data_dir: str | Path | None) -> Path:
         if not path.exists():
             raise DataError(f"missing data file {path}; run `codemix data fetch {relpath.split('/')[0]}`")
         return path
-    from codemix.data.fetch import data_path
 
     return data_path(relpath)
 
@@ -306,8 +248,6 @@ Completions = dict[tuple[str, str], list[str]]
 
 def generate(handle: Any, problems: dict[str, list[Problem]], cfg: MbppConfig, *, progress: bool = True) -> Completions:
     """``cfg.n`` completions per problem from a model handle, cut at each problem's stop tokens."""
-    from rich.progress import Progress
-
     out: Completions = {}
     groups: dict[tuple[str, ...], list[Problem]] = defaultdict(list)
     for ps in problems.values():
@@ -320,7 +260,7 @@ def generate(handle: Any, problems: dict[str, list[Problem]], cfg: MbppConfig, *
             for i in range(0, len(group), cfg.batch_size):
                 batch = group[i: i + cfg.batch_size]
                 texts = handle.generate([p.prompt for p in batch], max_new_tokens=cfg.max_new_tokens,
-                                        stop=list(stop) or None, temperature=cfg.temperature, top_p=cfg.top_p,
+                                        stop=list(stop) or None, temperature=cfg.sampling_temperature, top_p=cfg.top_p,
                                         n=cfg.n, seed=cfg.seed)
                 for p, samples in zip(batch, texts, strict=True):
                     out[(p.language, p.name)] = [truncate(s, stop) for s in samples]
@@ -347,8 +287,6 @@ def score(problems: dict[str, list[Problem]], completions: Completions, cfg: Mbp
     Completions are used as given (generation cuts them at stop tokens; reference solutions must
     not be cut). Problems without completions are skipped; pass@k uses the problems with at least k samples.
     """
-    from codemix.io import atomic_write_text
-
     jobs: list[tuple[Problem, int, str]] = []
     for lang, ps in problems.items():
         for p in ps:
@@ -398,89 +336,107 @@ def _rows(jobs: list[tuple[Problem, int, str]], results: list[ExecResult], cfg: 
     return rows
 
 
-def evaluate(model: Any, cfg: MbppConfig | dict | None = None, *, out_dir: str | Path, limit: int | None = None,
-             study: Any = None, progress: bool = True) -> list[dict]:
-    """Generate with ``model`` (a path for :func:`codemix.evals.handle.load_handle`, or a handle), run, score.
+class Mbpp:
+    """The ``mbpp`` benchmark (registry entry)."""
 
-    Returns tidy rows (``task="mbpp", subtask=<lang>, metric="pass@<k>" | "frac_<outcome>", value, n``)
-    and writes per-sample results to ``out_dir/mbpp_samples.jsonl``.
-    """
-    cfg = cfg if isinstance(cfg, MbppConfig) else MbppConfig(**(cfg or {}))
-    if limit is not None:
-        cfg = cfg.model_copy(update={"limit": limit})
-    problems = select_problems(cfg)
-    if isinstance(model, str | Path):
-        from codemix.evals.handle import load_handle
+    needs_heldout = False
+    finetunes = False
 
-        model = load_handle(model)
-    completions = generate(model, problems, cfg, progress=progress)
-    return score(problems, completions, cfg, out_dir=out_dir, progress=progress)
+    def __init__(self, config: type[MbppConfig]):
+        self.config = config
+
+    def evaluate(self, handle: Handle | None, cfg: MbppConfig, ctx: EvalContext) -> list[dict[str, Any]]:
+        """Generate with the model (or take ``cfg.completions``), run in the sandbox, score pass@k.
+
+        Returns tidy rows (``task="mbpp", subtask=<lang>, metric="pass@<k>" | "frac_<outcome>", value, n``)
+        and writes per-sample results to ``ctx.out_dir/mbpp_samples.jsonl``.
+        """
+        problems = select_problems(cfg)
+        if cfg.completions == "reference":
+            completions = {(p.language, p.name): [p.reference] for ps in problems.values() for p in ps if p.reference}
+            if not completions:
+                raise DataError(f"problems {cfg.problems!r} have no reference solutions (only mbpp and "
+                                "mbpp-sanitized do); pass --problems mbpp")
+        elif cfg.completions:
+            completions = read_completions(cfg.completions)
+            problems = _with_completions(problems, completions, cfg.completions)
+        else:
+            assert handle is not None
+            completions = generate(handle, problems, cfg, progress=ctx.progress)
+        return score(problems, completions, cfg, out_dir=ctx.out_dir, progress=ctx.progress)
+
+    def needs_model(self, cfg: MbppConfig) -> bool:
+        return cfg.completions is None
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = ("MBPP / MultiPL-E code generation in Python, Rust and Go, run in the sandbox and "
+                              "scored with pass@k; or a check of the harness on reference solutions.")
+        parser.add_argument("--reference", action="store_true",
+                            help="run MBPP's reference solutions (test split, Python) through the harness: a "
+                                 "harness check (no --model)")
+        parser.add_argument("--completions", metavar="FILE.jsonl",
+                            help="evaluate completions generated elsewhere (lines of name, language, completion)")
+        parser.add_argument("--langs", help="comma-separated languages (default py,rs,go)")
+        parser.add_argument("--n", type=int, help="samples per problem (default 1)")
+        parser.add_argument("--k", help="comma-separated k of pass@k (default 1)")
+        parser.add_argument("--limit", type=int, help="at most N problems per language")
+        parser.add_argument("--problems", metavar="FILE",
+                            help="MultiPL-E-format JSONL to use instead of the built-in problems (or mbpp, "
+                                 "mbpp-sanitized)")
+        parser.add_argument("--common-only", action="store_true", default=None,
+                            help="only problems present in every chosen language")
+        parser.add_argument("--temperature", type=float, help="sampling temperature (default 0 for n=1, else 0.8)")
+        parser.add_argument("--timeout", type=float, help="seconds per program run (default 10)")
+        parser.add_argument("--workers", type=int, help="parallel sandbox workers (default: one per CPU)")
+
+    def options(self, args: argparse.Namespace) -> dict[str, Any]:
+        values = {
+            "langs": args.langs.split(",") if args.langs else None,
+            "n": args.n,
+            "k": [int(x) for x in args.k.split(",")] if args.k else None,
+            "limit": args.limit,
+            "problems": args.problems,
+            "common_only": args.common_only,
+            "temperature": args.temperature,
+            "timeout_s": args.timeout,
+            "workers": args.workers,
+            "completions": args.completions,
+        }
+        if args.reference:
+            values.update(completions="reference", problems=args.problems or "mbpp", langs=["py"])
+        return values
+
+    def data_files(self, cfg: MbppConfig) -> list[str]:
+        if cfg.problems in BUILTIN_SETS:
+            return ["mbpp/mbpp.jsonl.gz" if cfg.problems == "mbpp" else "mbpp/sanitized-mbpp.json.gz"]
+        return [cfg.problems] if cfg.problems else [MULTIPL_E_FILES[lang] for lang in cfg.langs]
+
+    def flops(self, cfg: MbppConfig, n_params: int, study: StudyConfig) -> float:
+        return 2.0 * n_params * (cfg.limit or 400) * len(cfg.langs) * cfg.n * 512
+
+    def report(self, rows: list[dict[str, Any]], cfg: MbppConfig, ctx: EvalContext, console: Console) -> int:
+        what = {"reference": "reference solutions", None: "model"}.get(cfg.completions, cfg.completions)
+        _print_table(rows, f"MBPP pass@k: {what}", console)
+        console.print(f"per-sample results: {ctx.out_dir / SAMPLES_FILE}")
+        return _report_reference(ctx.out_dir / SAMPLES_FILE, console) if cfg.completions == "reference" else 0
 
 
-# ----------------------------------------------------------------------------- command line
+def _with_completions(problems: dict[str, list[Problem]], completions: Completions,
+                      path: str) -> dict[str, list[Problem]]:
+    """The problems that have completions; a file matching none is an error, a few strays a warning."""
+    if not completions:
+        raise DataError(f"{path} holds no completions; expected JSONL lines of name, language, completion")
+    known = {(p.language, p.name) for ps in problems.values() for p in ps}
+    unknown = sorted(set(completions) - known)
+    if unknown and len(unknown) == len(completions):
+        raise DataError(f"none of the completions in {path} match a problem (e.g. {unknown[0]}); pass the "
+                        "matching --problems file or --langs")
+    if unknown:
+        Console(stderr=True).print(f"[yellow]{len(unknown)} completions name no selected problem (e.g. {unknown[0]})")
+    return {lang: [p for p in ps if (lang, p.name) in completions] for lang, ps in problems.items()}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``codemix eval mbpp``."""
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--model", metavar="PATH", help="codemix checkpoint or local HF model to generate with")
-    src.add_argument("--reference", action="store_true",
-                     help="run MBPP's reference solutions (test split, Python) through the harness: a harness check")
-    src.add_argument("--completions", metavar="FILE.jsonl",
-                     help="evaluate completions generated elsewhere (lines of name, language, completion)")
-    parser.add_argument("--langs", help="comma-separated languages (default py,rs,go)")
-    parser.add_argument("--n", type=int, help="samples per problem (default 1)")
-    parser.add_argument("--k", help="comma-separated k of pass@k (default 1)")
-    parser.add_argument("--limit", type=int, help="at most N problems per language")
-    parser.add_argument("--problems", metavar="FILE",
-                        help="MultiPL-E-format JSONL to use instead of the built-in problems (or mbpp, mbpp-sanitized)")
-    parser.add_argument("--common-only", action="store_true", default=None,
-                        help="only problems present in every chosen language")
-    parser.add_argument("--temperature", type=float, help="sampling temperature (default 0 for n=1, else 0.8)")
-    parser.add_argument("--timeout", type=float, help="seconds per program run (default 10)")
-    parser.add_argument("--workers", type=int, help="parallel sandbox workers (default: one per CPU)")
-    parser.add_argument("--device", default="auto", help="device for --model (default auto)")
-    parser.add_argument("--out", metavar="results.csv",
-                        help="write tidy result rows here; per-sample results go next to it "
-                             "(default: only per-sample results, in ./mbpp_eval/)")
-
-
-def _config_from_args(args: argparse.Namespace) -> MbppConfig:
-    raw: dict[str, Any] = {}
-    if getattr(args, "study", None):
-        from codemix.config import load_study
-
-        raw = dict(load_study(args.study).evals.mbpp or {})
-    if getattr(args, "overrides", None):
-        from codemix.config import apply_overrides
-
-        raw = apply_overrides(raw, args.overrides)
-    flags = {
-        "langs": args.langs.split(",") if args.langs else None,
-        "n": args.n,
-        "k": [int(x) for x in args.k.split(",")] if args.k else None,
-        "limit": args.limit,
-        "problems": args.problems,
-        "common_only": args.common_only,
-        "temperature": args.temperature,
-        "timeout_s": args.timeout,
-        "workers": args.workers,
-    }
-    raw.update({key: v for key, v in flags.items() if v is not None})
-    if args.reference:
-        raw.setdefault("problems", "mbpp")
-        raw["langs"] = ["py"]
-    try:
-        return MbppConfig(**raw)
-    except ValidationError as e:
-        raise ConfigError([f"{'.'.join(map(str, err['loc'])) or 'mbpp'}: {err['msg']}" for err in e.errors()],
-                          source="codemix eval mbpp") from None
-
-
-def _print_table(rows: list[dict], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+def _print_table(rows: list[dict], title: str, console: Console) -> None:
     langs = list(dict.fromkeys(r["subtask"] for r in rows))
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     table = Table(title=title)
@@ -492,59 +448,10 @@ def _print_table(rows: list[dict], title: str) -> None:
         got = {r["metric"]: r for r in rows if r["subtask"] == lang}
         n = next((r["n"] for r in got.values() if r["metric"].startswith("pass@")), "")
         table.add_row(lang, str(n), *(f"{got[m]['value']:.3f}" if m in got else "" for m in metrics))
-    Console().print(table)
+    console.print(table)
 
 
-def run(args: argparse.Namespace) -> int:
-    """``codemix eval mbpp``: generate (``--model``) or take completions (``--reference``, ``--completions``), score."""
-    from rich.console import Console
-
-    console = Console()
-    cfg = _config_from_args(args)
-    data_dir = getattr(args, "data_dir", None)
-    problems = select_problems(cfg, data_dir=data_dir)
-    if args.reference:
-        completions = {(p.language, p.name): [p.reference] for ps in problems.values() for p in ps if p.reference}
-        if not completions:
-            raise DataError(f"problems {cfg.problems!r} have no reference solutions (only mbpp and mbpp-sanitized do)")
-    elif args.completions:
-        completions = read_completions(args.completions)
-        if not completions:
-            raise DataError(f"{args.completions} holds no completions; expected JSONL lines of name, language, "
-                            "completion")
-        known = {(p.language, p.name) for ps in problems.values() for p in ps}
-        unknown = sorted(set(completions) - known)
-        if unknown and len(unknown) == len(completions):
-            raise DataError(f"none of the completions in {args.completions} match a problem "
-                            f"(e.g. {unknown[0]}); pass the matching --problems file or --langs")
-        if unknown:
-            console.print(f"[yellow]{len(unknown)} completions name no selected problem (e.g. {unknown[0]})")
-        problems = {lang: [p for p in ps if (lang, p.name) in completions] for lang, ps in problems.items()}
-    elif args.model:
-        from codemix.evals.handle import load_handle
-
-        completions = generate(load_handle(args.model, device=args.device), problems, cfg)
-    else:
-        console.print("[red]codemix eval mbpp: give --model PATH, --reference or --completions FILE.jsonl")
-        return 2
-
-    out = Path(args.out) if args.out else None
-    out_dir = out.parent if out else Path("mbpp_eval")
-    rows = score(problems, completions, cfg, out_dir=out_dir)
-    if out:
-        from codemix.evals import write_rows
-
-        write_rows(rows, out)
-    what = "reference solutions" if args.reference else (args.completions or args.model)
-    _print_table(rows, f"MBPP pass@k: {what}")
-    console.print(f"per-sample results: {out_dir / SAMPLES_FILE}" + (f"; rows: {out}" if out else ""))
-
-    if args.reference:
-        return _report_reference(out_dir / SAMPLES_FILE, console)
-    return 0
-
-
-def _report_reference(samples: Path, console: Any) -> int:
+def _report_reference(samples: Path, console: Console) -> int:
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     failures = [r for r in rows if r["outcome"] != "passed"]
     rate = 1 - len(failures) / max(1, len(rows))

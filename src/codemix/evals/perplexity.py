@@ -2,8 +2,8 @@
 
 The Python → Rust/Go question needs measures that are informative even for models too
 small to pass a unit test: how well a model predicts held-out text of each language. Per
-source (the study's held-out documents, ``streams/S/heldout/docs.jsonl.gz``, set aside
-before any mixture was drawn; or any files given) this reports:
+source (the study's held-out documents, ``docs.jsonl.gz`` of each held-out stream, set
+aside before any mixture was drawn; or any files given) this reports:
 
 - ``bits_per_byte``: total negative log-likelihood of the documents in bits, divided by
   their UTF-8 bytes. Unlike perplexity it does not depend on the tokenizer, so it compares
@@ -35,17 +35,21 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import Progress
 
+from codemix.config import PerplexityEvalConfig, SourceConfig, StudyConfig
+from codemix.data.fetch import data_path
+from codemix.data.sources import iter_documents
 from codemix.errors import CodemixError, DataError
+from codemix.evals.benchmark import EvalContext, print_rows
+from codemix.evals.handle import Handle
+from codemix.io import atomic_write_json
 
-if TYPE_CHECKING:
-    from codemix.config import PerplexityEvalConfig, StudyConfig
-    from codemix.evals.handle import Handle
-
-__all__ = ["TextSet", "add_arguments", "evaluate", "next_line_probes", "run", "score_texts", "study_texts"]
+__all__ = ["Perplexity", "TextSet", "file_texts", "heldout_texts", "next_line_probes", "score_texts"]
 
 TASK = "perplexity"
 #: Characters of document kept before a next-line probe (the handle then keeps what fits the context).
@@ -68,40 +72,23 @@ def _read_docs_jsonl(path: Path, name: str) -> TextSet:
     return TextSet(name, [d for d in docs if d[1]], str(path))
 
 
-def study_texts(study: StudyConfig | None, sources: list[str] | None = None, *,
-                heldout: dict[str, Path] | None = None) -> list[TextSet]:
-    """Held-out documents of the study's sources (all by default).
-
-    ``heldout`` maps source names to held-out stream directories (what the study runner
-    passes); without it they come from the study's data layout, built if missing.
-    """
-    from codemix.data.mixture import data_layout, prepare_data
-
-    names = list(heldout) if heldout is not None else [s.name for s in study.data.sources]
+def heldout_texts(heldout: dict[str, Path], sources: list[str] | None = None) -> list[TextSet]:
+    """Held-out documents of a study's sources: ``heldout`` maps source names to held-out stream
+    directories; ``sources`` picks some of them (default: all)."""
+    names = list(heldout)
     unknown = [s for s in sources or [] if s not in names]
     if unknown:
         raise DataError(f"unknown source(s) {unknown} for perplexity; the study's sources are {names}")
     chosen = list(sources) if sources else names
-    if heldout is not None:
-        dirs = {s: Path(heldout[s]) for s in chosen}
-    else:
-        layout = data_layout(study)
-        if not all((layout.heldout_dir(s) / "docs.jsonl.gz").is_file() for s in chosen):
-            layout = prepare_data(study)
-        dirs = {s: layout.heldout_dir(s) for s in chosen}
-    for s, d in dirs.items():
-        if not (d / "docs.jsonl.gz").is_file():
-            raise DataError(f"no held-out documents for source {s!r}: {d}/docs.jsonl.gz is missing; "
+    for s in chosen:
+        if not (Path(heldout[s]) / "docs.jsonl.gz").is_file():
+            raise DataError(f"no held-out documents for source {s!r}: {heldout[s]}/docs.jsonl.gz is missing; "
                             "rebuild the study's data with `codemix mix STUDY.yaml`")
-    return [_read_docs_jsonl(d / "docs.jsonl.gz", s) for s, d in dirs.items()]
+    return [_read_docs_jsonl(Path(heldout[s]) / "docs.jsonl.gz", s) for s in chosen]
 
 
 def file_texts(path: str) -> TextSet:
     """Documents of any file a source can read (JSONL/JSON with ``text``, plain text, Parquet, a directory)."""
-    from codemix.config import SourceConfig
-    from codemix.data.fetch import data_path
-    from codemix.data.sources import iter_documents
-
     p = data_path(path)
     name = p.name.split(".")[0] if p.is_file() else p.name
     suffixes = "".join(p.suffixes).removesuffix(".gz")
@@ -187,91 +174,77 @@ def _row(source: str, metric: str, value: float, n: int) -> dict[str, Any]:
     return {"task": TASK, "subtask": source, "metric": metric, "value": float(value), "n": int(n)}
 
 
-def evaluate(model: Any, cfg: PerplexityEvalConfig, *, out_dir: str | Path, limit: int | None = None,
-             study: StudyConfig | None = None, device: str = "auto",
-             heldout: dict[str, Path] | None = None) -> list[dict[str, Any]]:
-    """Bits-per-byte, perplexity, token accuracy and next-line completion per source.
+class Perplexity:
+    """The ``perplexity`` benchmark (registry entry)."""
 
-    Sources are the study's (``cfg.sources``, default all; their held-out documents, from
-    ``heldout`` — source name -> held-out stream directory — when given) plus ``cfg.files``.
-    ``limit`` (else ``cfg.max_docs``) caps the documents per source. Writes
-    ``out_dir/perplexity.json`` (per-document and per-probe details).
-    """
-    from rich.progress import Progress
+    needs_heldout = True
+    finetunes = False
 
-    from codemix.evals.handle import load_handle
-    from codemix.io import atomic_write_json
+    def __init__(self, config: type[PerplexityEvalConfig]):
+        self.config = config
 
-    if cfg.sources and study is None and heldout is None:
-        raise CodemixError(f"perplexity sources {cfg.sources} need the study that defines them (--study FILE); "
-                           "or score files directly with --files")
-    sets = study_texts(study, cfg.sources, heldout=heldout) if study is not None or heldout is not None else []
-    sets += [file_texts(f) for f in cfg.files]
-    if not sets:
-        raise CodemixError("nothing to score: pass --study (its sources' held-out documents) or --files FILE,...")
-    limit = limit or cfg.max_docs
-    sets = [TextSet(s.name, s.docs[:limit], s.origin) for s in sets]
-    handle = load_handle(model, device=device, batch_size=cfg.batch_size)
-    rows: list[dict[str, Any]] = []
-    details: dict[str, Any] = {}
-    start = time.perf_counter()
-    with Progress(transient=True) as progress:
-        bar = progress.add_task("perplexity", total=len(sets))
-        for s in sets:
-            progress.update(bar, description=f"perplexity {s.name} ({len(s.docs)} docs)")
-            r, d = score_texts(handle, s, next_line_samples=cfg.next_line_samples, batch_size=cfg.batch_size)
-            rows += r
-            details[s.name] = d
-            progress.advance(bar)
-    details["_summary"] = {"seconds": time.perf_counter() - start, "model": str(handle.path),
-                           "max_length": handle.max_length, "limit": limit}
-    atomic_write_json(Path(out_dir) / "perplexity.json", details)
-    return rows
+    def evaluate(self, handle: Handle | None, cfg: PerplexityEvalConfig, ctx: EvalContext) -> list[dict[str, Any]]:
+        """Bits-per-byte, perplexity, token accuracy and next-line completion per source.
 
+        Sources are the held-out documents in ``ctx.heldout`` (``cfg.sources`` of them, default
+        all) plus ``cfg.files``; ``cfg.max_docs`` caps the documents per source. Writes
+        ``ctx.out_dir/perplexity.json`` (per-document and per-probe details).
+        """
+        if cfg.sources and not ctx.heldout:
+            raise CodemixError(f"perplexity sources {cfg.sources} need the held-out documents of a study: pass "
+                               "--study FILE, or a model trained in a study; or score files with --files")
+        sets = heldout_texts(ctx.heldout, cfg.sources) if ctx.heldout else []
+        sets += [file_texts(f) for f in cfg.files]
+        if not sets:
+            raise CodemixError("nothing to score: the model records no study held-out documents; pass --study "
+                               "(its sources' held-out documents) or --files FILE,...")
+        sets = [TextSet(s.name, s.docs[:cfg.max_docs], s.origin) for s in sets]
+        assert handle is not None
+        rows: list[dict[str, Any]] = []
+        details: dict[str, Any] = {}
+        start = time.perf_counter()
+        with Progress(transient=True, disable=not ctx.progress) as progress:
+            bar = progress.add_task("perplexity", total=len(sets))
+            for s in sets:
+                progress.update(bar, description=f"perplexity {s.name} ({len(s.docs)} docs)")
+                r, d = score_texts(handle, s, next_line_samples=cfg.next_line_samples, batch_size=cfg.batch_size)
+                rows += r
+                details[s.name] = d
+                progress.advance(bar)
+        details["_summary"] = {"seconds": time.perf_counter() - start, "model": str(handle.path),
+                               "max_length": handle.max_length, "limit": cfg.max_docs}
+        atomic_write_json(ctx.out_dir / "perplexity.json", details)
+        return rows
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``codemix eval perplexity`` (the CLI adds --set and --study)."""
-    from codemix.evals import add_model_arguments
+    def needs_model(self, cfg: PerplexityEvalConfig) -> bool:
+        return True
 
-    parser.description = (
-        "Bits-per-byte, perplexity, top-1 next-token accuracy and greedy next-line exact match per source, "
-        "on the held-out documents of a study's sources (--study) and/or on any files (--files). "
-        "Bits-per-byte is tokenizer-independent, so it compares languages and models directly.")
-    add_model_arguments(parser, batch_size=True)
-    parser.add_argument("--sources", metavar="a,b", help="study sources to score (default: all; needs --study)")
-    parser.add_argument("--files", metavar="FILE,...",
-                        help="extra files to score, each its own row group: JSONL/JSON with a text field, "
-                             "Parquet, a directory of source files, or any text file (one document)")
-    parser.add_argument("--limit", type=int, metavar="N", help="at most N documents per source")
-    parser.add_argument("--out", default="perplexity-results.csv", metavar="FILE",
-                        help="tidy result rows as CSV (default: perplexity-results.csv); details go to the "
-                             "directory of the same name without .csv")
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = (
+            "Bits-per-byte, perplexity, top-1 next-token accuracy and greedy next-line exact match per source, "
+            "on the held-out documents of the model's study (a codemix model records them; or --study) and/or "
+            "on any files (--files). Bits-per-byte is tokenizer-independent, so it compares languages and "
+            "models directly.")
+        parser.add_argument("--sources", metavar="a,b", help="study sources to score (default: all)")
+        parser.add_argument("--files", metavar="FILE,...",
+                            help="extra files to score, each its own row group: JSONL/JSON with a text field, "
+                                 "Parquet, a directory of source files, or any text file (one document)")
+        parser.add_argument("--limit", type=int, metavar="N", help="at most N documents per source")
+        parser.add_argument("--batch-size", type=int, metavar="N", help="sequences per forward pass")
 
+    def options(self, args: argparse.Namespace) -> dict[str, Any]:
+        split = (lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None)
+        return {"sources": split(args.sources), "files": split(args.files), "max_docs": args.limit,
+                "batch_size": args.batch_size}
 
-def run(args: argparse.Namespace) -> int:
-    """``codemix eval perplexity``: score, print a table, write the CSV and details."""
-    from rich.console import Console
+    def data_files(self, cfg: PerplexityEvalConfig) -> list[str]:
+        return list(cfg.files)
 
-    from codemix.config import PerplexityEvalConfig, print_config
-    from codemix.evals.bigbench import resolve_config, write_results
+    def flops(self, cfg: PerplexityEvalConfig, n_params: int, study: StudyConfig) -> float:
+        docs = (cfg.max_docs or 1000) * len(study.data.sources)
+        return 2.0 * n_params * docs * 2 * study.data.seq_len
 
-    cfg, study = resolve_config(args, "perplexity", PerplexityEvalConfig)
-    if args.sources:
-        cfg.sources = [s.strip() for s in args.sources.split(",") if s.strip()]
-    if args.files:
-        cfg.files = [f.strip() for f in args.files.split(",") if f.strip()]
-    for flag in ("limit", "batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise CodemixError(f"--{flag.replace('_', '-')} must be positive, found {value}")
-    if args.batch_size is not None:
-        cfg.batch_size = args.batch_size
-    print_config(cfg, title="perplexity config")
-    out = Path(args.out)
-    out_dir = out.with_suffix("") if out.suffix else out.with_name(out.name + "-outputs")
-    start = time.perf_counter()
-    rows = evaluate(args.model, cfg, out_dir=out_dir, limit=args.limit, study=study, device=args.device)
-    write_results(rows, out, "perplexity and completion per source")
-    Console(stderr=True).print(f"done in {time.perf_counter() - start:.1f} s; "
-                               f"wrote {out} and {out_dir}/perplexity.json")
-    return 0
+    def report(self, rows: list[dict[str, Any]], cfg: PerplexityEvalConfig, ctx: EvalContext,
+               console: Console) -> int:
+        print_rows(rows, "perplexity and completion per source", console)
+        return 0

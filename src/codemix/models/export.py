@@ -14,35 +14,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
 
+from codemix.checkpoint import resolve_checkpoint
+from codemix.data.tokenizer import hf_tokenizer
 from codemix.errors import CheckpointError
+from codemix.io import atomic_dir
+from codemix.models.gpt import GPT, GPTConfig
+from codemix.models.t5 import to_hf
 
-__all__ = ["cmd_export", "export", "gpt_to_llama", "llama_config", "load_gpt", "load_hf", "resolve_checkpoint"]
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """A checkpoint directory (the latest one for a run directory) and its ``codemix`` config."""
-    from codemix.train.pretrain import latest_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint path {path} does not exist; pass a checkpoint directory "
-                              "(run_dir/checkpoints/step-NNNNNNN) or a run directory")
-    ckpt = latest_checkpoint(path)
-    try:
-        config = json.loads((ckpt / "config.json").read_text())["codemix"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError) as err:
-        raise CheckpointError(f"{ckpt}/config.json is missing or lacks the `codemix` section ({err}); "
-                              "is this a codemix checkpoint?") from None
-    return ckpt, config
+__all__ = ["cmd_export", "export", "gpt_to_llama", "llama_config", "load_gpt", "load_hf"]
 
 
 def load_gpt(path: str | Path):
     """The codemix ``GPT`` of a checkpoint (or run directory), in eval mode on the CPU."""
-    from safetensors.torch import load_file
-
-    from codemix.models.gpt import GPT, GPTConfig
-
     ckpt, config = resolve_checkpoint(path)
     if config.get("arch") != "gpt":
         raise CheckpointError(f"{ckpt} holds a {config.get('arch')!r} model, not a gpt")
@@ -56,8 +42,6 @@ def load_gpt(path: str | Path):
 
 def llama_config(cfg: Any, *, eos_id: int | None = None, pad_id: int | None = None):
     """The ``LlamaConfig`` with the same shape as a codemix ``GPTConfig``."""
-    from transformers import LlamaConfig
-
     return LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
@@ -85,8 +69,6 @@ _BLOCK_NAMES = {
 
 def gpt_to_llama(model: Any, *, eos_id: int | None = None, pad_id: int | None = None):
     """A ``LlamaForCausalLM`` holding the same weights as a codemix ``GPT``."""
-    from transformers import LlamaForCausalLM
-
     cfg = model.cfg
     hf = LlamaForCausalLM(llama_config(cfg, eos_id=eos_id, pad_id=pad_id))
     src = model.state_dict()
@@ -101,16 +83,12 @@ def gpt_to_llama(model: Any, *, eos_id: int | None = None, pad_id: int | None = 
 
 def load_hf(path: str | Path):
     """(transformers model, ``PreTrainedTokenizerFast``) for a codemix checkpoint or run directory."""
-    from codemix.data.tokenizer import hf_tokenizer
-
     ckpt, config = resolve_checkpoint(path)
     tokenizer = hf_tokenizer(ckpt / "tokenizer.json")
     arch = config.get("arch")
     if arch == "gpt":
         model = gpt_to_llama(load_gpt(ckpt), eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
     elif arch == "t5":
-        from codemix.models.t5 import to_hf
-
         model = to_hf(ckpt)
     else:
         raise CheckpointError(f"{ckpt}/config.json names arch {arch!r}; expected `gpt` or `t5`")
@@ -119,8 +97,6 @@ def load_hf(path: str | Path):
 
 def export(ckpt: str | Path, out: str | Path) -> Path:
     """Write ``out``: a Hugging Face model directory (weights, config, tokenizer), atomically."""
-    from codemix.io import atomic_dir
-
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not _is_hf_export(out):
         raise CheckpointError(f"output directory {out} exists and does not hold an exported model; it would be "

@@ -23,8 +23,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
+from transformers import T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
 
+from codemix.checkpoint import resolve_checkpoint
 from codemix.errors import CheckpointError, ConfigError
 
 __all__ = ["CodeT5", "PRESETS", "t5_config", "to_hf"]
@@ -71,8 +75,6 @@ class CodeT5(nn.Module):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        from transformers import T5Config, T5ForConditionalGeneration
-
         self.config = dict(config)
         self.t5 = T5ForConditionalGeneration(T5Config(**config))
         self.tagger = nn.Linear(config["d_model"], 1)  # is this token part of an identifier?
@@ -102,8 +104,6 @@ class CodeT5(nn.Module):
         So ``torch.compile`` traces one graph whose shapes depend only on (B, T, S), and every
         parameter is in the graph of every batch, as DDP needs.
         """
-        from transformers.modeling_outputs import BaseModelOutput
-
         hidden = self.t5.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, d)
         tag_logits = self.tagger(hidden).squeeze(-1).float()  # (B, T)
         tagged = (tags >= 0).float()
@@ -130,10 +130,6 @@ def to_hf(ckpt_dir: str | Path):
     is the checkpoint's ``tokenizer.json`` (``codemix.data.tokenizer.hf_tokenizer``);
     ``codemix.models.export.load_hf`` returns both.
     """
-    from safetensors.torch import load_file
-
-    from codemix.models.export import resolve_checkpoint
-
     ckpt, config = resolve_checkpoint(ckpt_dir)
     if config.get("arch") != "t5":
         raise CheckpointError(f"{ckpt} holds a {config.get('arch')!r} model, not a t5; "

@@ -1,44 +1,43 @@
 """Pretraining objectives: one task per architecture, in one registry.
 
-A task turns token batches from a mixture into losses (docs/interfaces.md, "pretraining
-task"): ``task.build_model()``, ``task.loss(model, tokens, step) -> {"loss": ..., ...}``,
+A task (:class:`PretrainTask`) turns token batches from a mixture into losses:
+``task.build_model()``, ``task.loss(model, batch, step) -> {"loss": ..., ...}``,
 ``task.model_config()``. Tasks are built as ``TASKS[arch](cfg, tokenizer_path=...)``.
-
-Entries are import targets resolved on first use, so importing this package stays cheap
-and the T5 objectives (``codemix.objectives.codet5``) load only when ``arch: t5`` is asked for.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
-__all__ = ["TASKS"]
+import torch
+from torch import nn
 
+from codemix.objectives.causal import CausalLMTask
+from codemix.objectives.codet5 import CodeT5Task
 
-class _LazyTasks(Mapping[str, Any]):
-    """arch -> task class, imported from ``module:Class`` on first lookup."""
-
-    def __init__(self, targets: dict[str, str]):
-        self._targets = targets
-
-    def __getitem__(self, arch: str) -> Any:
-        if arch not in self._targets:
-            from codemix.errors import ConfigError
-
-            raise ConfigError(f"model.arch={arch!r} has no pretraining task; known: {sorted(self._targets)}")
-        module, _, name = self._targets[arch].partition(":")
-        return getattr(importlib.import_module(module), name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._targets)
-
-    def __len__(self) -> int:
-        return len(self._targets)
+__all__ = ["TASKS", "PretrainTask"]
 
 
-TASKS: Mapping[str, Any] = _LazyTasks({
-    "gpt": "codemix.objectives.causal:CausalLMTask",
-    "t5": "codemix.objectives.codet5:CodeT5Task",
-})
+class PretrainTask(Protocol):
+    """What the training loop needs of a pretraining objective."""
+
+    arch: str
+    needs_sources: bool
+    """Batches carry each row's source id and stream offset (``{"tokens", "source", "offset"}``)."""
+    cpu_batches: bool
+    """The task builds its inputs on the CPU: the loop hands it CPU batches."""
+
+    def build_model(self) -> nn.Module: ...
+
+    def model_config(self) -> dict[str, Any]: ...
+
+    def loss(self, model: nn.Module, batch: Any, step: int) -> dict[str, torch.Tensor]: ...
+
+    def bind_streams(self, stream_dirs: Sequence[str | Path]) -> None:
+        """Called with the training stream directories (source-id order) before the first step."""
+
+
+#: arch -> task class (``model.arch`` of a study).
+TASKS: dict[str, type[PretrainTask]] = {"gpt": CausalLMTask, "t5": CodeT5Task}

@@ -5,7 +5,7 @@ generate the function from its documentation, and the documentation from the fun
 (with the documentation removed). Here the pairs come from the training sequences
 themselves: every function that lies wholly inside a code sequence and carries a
 docstring (Python) or doc comment (Rust ``///``, Go ``//``) gives one pair, found by
-:func:`codemix.objectives.identifiers.token_doc_pairs`.
+:func:`codemix.data.identifiers.token_doc_pairs`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from codemix.objectives.identifiers import TokenDocPair
+from codemix.data.identifiers import TokenDocPair
 
 __all__ = ["DIRECTIONS", "dual_generation"]
 

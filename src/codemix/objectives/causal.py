@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from codemix.data.tokenizer import load_tokenizer
 from codemix.models.gpt import GPT, GPTConfig, config_from_model_config
 
 __all__ = ["CausalLMTask"]
@@ -22,18 +24,18 @@ class CausalLMTask:
     """
 
     arch = "gpt"
+    needs_sources = False
+    cpu_batches = False
 
-    def __init__(self, cfg: Any, *, tokenizer_path: str | Path | None = None, vocab_size: int | None = None):
-        if vocab_size is None:
-            if tokenizer_path is None:
-                raise TypeError("CausalLMTask needs tokenizer_path or vocab_size")
-            from codemix.data.tokenizer import load_tokenizer
-
-            vocab_size = load_tokenizer(tokenizer_path).get_vocab_size()
+    def __init__(self, cfg: Any, *, tokenizer_path: str | Path):
+        vocab_size = load_tokenizer(tokenizer_path).get_vocab_size()
         self.config: GPTConfig = config_from_model_config(cfg.model, vocab_size=vocab_size, seq_len=cfg.data.seq_len)
 
     def build_model(self) -> nn.Module:
         return GPT(self.config)
+
+    def bind_streams(self, stream_dirs: Sequence[str | Path]) -> None:
+        """Nothing to bind: every source is plain text to a decoder."""
 
     def loss(self, model: nn.Module, tokens: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         # the model computes the loss itself, inside its compiled graph (GPT.forward)

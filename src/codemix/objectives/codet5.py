@@ -3,17 +3,19 @@
 CodeT5 (Wang et al., EMNLP 2021, §3.2) pretrains T5 with four objectives:
 
 - masked span prediction (MSP, T5 span corruption) — :mod:`~codemix.objectives.span_corruption`;
-- identifier tagging (IT): a binary label per encoder token — is it part of an identifier;
+- identifier tagging (IT): a binary label per encoder token — is it part of an identifier
+  (found by :mod:`~codemix.data.identifiers`);
 - masked identifier prediction (MIP): every occurrence of one identifier hidden by one sentinel —
-  both in :mod:`~codemix.objectives.identifiers`;
+  :mod:`~codemix.objectives.identifiers`;
 - bimodal dual generation: documentation <-> function — :mod:`~codemix.objectives.bimodal`.
 
 Natural-language sequences always get span corruption. Each code sequence (Python, Rust or
 Go) draws one objective with probabilities proportional to ``pretrain.objectives`` weights;
 the defaults (MSP, IT, MIP equally, bimodal off) are CodeT5's first, identifier-aware phase,
 "alternately optimized with equal probability". Its second phase continues a run with
-bimodal generation on (``codemix train ... --resume --set pretrain.objectives.bimodal=1
---set pretrain.max_steps=N``: the objectives are not part of the checkpointed model). A code
+bimodal generation on (:func:`codemix.train.pretrain.train` with ``resume=True`` on a copy of the
+first phase's run directory, ``pretrain.objectives.bimodal=1`` and a larger ``pretrain.max_steps``:
+the objectives are not part of the checkpointed model). A code
 sequence for which the drawn objective has nothing to work on (no identifier that can be
 masked cleanly, no complete documented function) falls back to span corruption.
 
@@ -41,19 +43,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from torch import nn
 
-from codemix.errors import ConfigError, DataError
-from codemix.objectives.bimodal import DIRECTIONS, dual_generation
-from codemix.objectives.identifiers import (
+from codemix.data.annotations import StreamAnnotations
+from codemix.data.identifiers import (
     LANGUAGES,
     TokenBytes,
     TokenDocPair,
     TokenIdentifiers,
-    mask_identifiers,
     token_doc_pairs,
     token_identifiers,
 )
+from codemix.data.tokenizer import EOS, PAD, SENTINELS, load_tokenizer
+from codemix.errors import ConfigError, DataError
+from codemix.models.t5 import CodeT5, t5_config
+from codemix.objectives.bimodal import DIRECTIONS, dual_generation
+from codemix.objectives.identifiers import mask_identifiers
 from codemix.objectives.span_corruption import corruption_lengths, span_corrupt_batch
 
 __all__ = ["OBJECTIVES", "CodeT5Task", "Example", "RowAnnotator", "build_examples", "collate"]
@@ -208,9 +214,6 @@ class CodeT5Task:
     cpu_batches = True
 
     def __init__(self, cfg: Any, *, tokenizer_path: str | Path):
-        from codemix.data.tokenizer import EOS, PAD, SENTINELS, load_tokenizer
-        from codemix.models.t5 import t5_config
-
         tokenizer = load_tokenizer(tokenizer_path)
         ids = {t: tokenizer.token_to_id(t) for t in (EOS, PAD, *SENTINELS)}
         missing = [t for t, i in ids.items() if i is None]
@@ -251,8 +254,6 @@ class CodeT5Task:
         arrays instead of parsing each code row. A stream without them is parsed row by row,
         with a warning, since that is correct but slow.
         """
-        from codemix.data.annotations import StreamAnnotations
-
         missing = []
         for sid, (lang, stream_dir) in enumerate(zip(self.langs, stream_dirs)):
             if lang is None:
@@ -262,14 +263,10 @@ class CodeT5Task:
             except DataError as e:
                 missing.append(str(e))
         if missing:
-            from rich.console import Console
-
             Console(stderr=True).print("[yellow]warning:[/yellow] code rows of these streams are parsed with "
                                        "tree-sitter at every step (slow): " + "; ".join(missing))
 
     def build_model(self) -> nn.Module:
-        from codemix.models.t5 import CodeT5
-
         return CodeT5(self.config)
 
     def model_config(self) -> dict[str, Any]:
@@ -291,8 +288,6 @@ class CodeT5Task:
         tokens = tokens.detach().cpu().numpy()
         if sources is None:
             if training and not self._warned and any(self.langs):
-                from rich.console import Console
-
                 Console(stderr=True).print("[yellow]warning:[/yellow] training batches carry no source ids; code "
                                            "sequences get span corruption only (the loader needs with_sources=True)")
                 self._warned = True

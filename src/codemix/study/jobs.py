@@ -1,52 +1,178 @@
-"""The stage functions a study runs, one per job kind, and the process entry point of a job.
+"""Jobs and the study's on-disk layout: what a stage run is, where it lives, when it is done.
 
-Each function takes a :class:`JobContext` and writes its outputs into ``ctx.out`` (a work
-directory that the executor renames into ``<out>/jobs/<stage>/<name>-<hash>/`` only when
-the function returns). They call the stage modules' explicit-path entry points
-(docs/interfaces.md); nothing here knows about executors or the study index.
+A :class:`Job` is one run of one stage. Its directory ``<out>/jobs/<stage>/<name>-<hash>/``
+is named by a hash of exactly what determines its output: the stage's ``key`` (its config
+section and the settings that change what it computes) and the hashes of its inputs.
+Execution details (device, compilation, logging, how many GPUs, pack size) and quantities
+that only bound how much is built (a token stream's budget) are never part of it, and
+neither are ``labels`` (which mixtures, settings and seeds a job stands for: they name,
+they do not compute). So growing a study adds jobs and invalidates none but the analysis.
 
-``python -m codemix.study.jobs PAYLOAD.pkl`` runs one job from a pickled payload: the local
-executor starts it once per GPU slot, and multi-GPU pretraining starts it under ``torchrun``.
+Layout of a study (all under ``cfg.out``)::
+
+    jobs/<stage>/<name>-<hash>/      complete outputs (DONE inside), never partial
+    work/<stage>/<name>-<hash>/      a job being run (renamed into jobs/ on success)
+    locks/<stage>/<name>-<hash>      the driver running the job, with a heartbeat
+    failures/<stage>/<name>-<hash>/  FAILED: the error of the last failed attempt
+    study.db                         SQLite index of jobs and result rows (rebuildable)
+    results.csv, report/             the study's results and report, published after analysis
 """
 
 from __future__ import annotations
 
-import json
-import os
-import pickle
-import subprocess
-import sys
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from codemix.config import StudyConfig
-from codemix.io import atomic_write_text
-from codemix.study.plan import Job
+from codemix.io import read_json, stable_hash
 
-__all__ = [
-    "JobContext",
-    "analysis_job",
-    "eval_job",
-    "mixture_job",
-    "pretrain_job",
-    "stream_job",
-    "tokenizer_job",
-]
+__all__ = ["JOB_FORMAT", "STAGES", "Growth", "Job", "JobContext", "Plan"]
+
+#: Stages in the order they run. Jobs of a stage read only jobs of earlier stages.
+STAGES = ("tokenizer", "stream", "mixture", "pretrain", "eval", "analysis")
+
+#: Bumped when a stage's output format changes, so old job directories are not reused.
+JOB_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class Growth:
+    """A job whose output can be extended in place (a token stream): done only while it holds ``need``.
+
+    The job directory's ``file`` (JSON) records its current ``size_field``; ``final_field``
+    true means it cannot grow any more (its source ran out), which also counts as done.
+    """
+
+    need: int
+    file: str = "meta.json"
+    size_field: str = "n_tokens"
+    final_field: str = "exhausted"
+
+    def satisfied(self, job_dir: Path) -> bool:
+        record = read_json(job_dir / self.file)
+        return bool(record) and (record.get(self.size_field, 0) >= self.need or bool(record.get(self.final_field)))
+
+
+@dataclass(eq=False)
+class Job:
+    """One stage run: what it computes (``key``), from what (``inputs``), with which function."""
+
+    stage: str
+    name: str
+    fn: str
+    """``module:function`` called as ``fn(ctx: JobContext)`` (the stage module's ``run``)."""
+    key: dict[str, Any]
+    inputs: dict[str, str]
+    """Role (``"tokenizer"``, ``"stream:python"``, ``"mixture"``, ...) -> id of the job that provides it."""
+    hash: str
+    labels: list[dict[str, Any]] = field(default_factory=list)
+    """Study columns (setting, m, baseline, seed, arm) this job's results stand for (not hashed)."""
+    growth: Growth | None = None
+    """For an extensible output: how much of it this plan needs (not hashed)."""
+    gpus: int = 0
+    """GPUs the job wants (0: a CPU job; not hashed)."""
+    resumable: bool = False
+    """Keep the work directory of an interrupted attempt (checkpoints) instead of starting afresh."""
+    flops: float = 0.0
+    """Estimated model FLOPs (6·N·D for training, 2·N·D for inference)."""
+    disk_bytes: float = 0.0
+    """Estimated size of the job's directory."""
+
+    @property
+    def id(self) -> str:
+        """``<stage>/<name>-<hash>``: the job's directory relative to ``<out>/jobs``."""
+        return f"{self.stage}/{self.name}-{self.hash}"
+
+    @classmethod
+    def create(cls, stage: str, name: str, fn: str, key: Mapping[str, Any],
+               inputs: Mapping[str, Job], **extra: Any) -> Job:
+        assert stage in STAGES, stage
+        digest = stable_hash({"format": JOB_FORMAT, "stage": stage, "key": dict(key),
+                              "inputs": {role: job.hash for role, job in inputs.items()}})
+        return cls(stage=stage, name=name, fn=fn, key=dict(key),
+                   inputs={role: job.id for role, job in inputs.items()}, hash=digest, **extra)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``job.json`` records: enough to rebuild the study index without the YAML."""
+        return {"id": self.id, "stage": self.stage, "name": self.name, "hash": self.hash, "fn": self.fn,
+                "key": self.key, "inputs": self.inputs, "labels": self.labels, "gpus": self.gpus}
+
+
+@dataclass
+class Plan:
+    """The job graph of one study, jobs in an order where inputs come first."""
+
+    cfg: StudyConfig
+    root: Path
+    jobs: dict[str, Job]
+
+    def job_dir(self, job: Job | str) -> Path:
+        return self.root / "jobs" / (job if isinstance(job, str) else job.id)
+
+    def work_dir(self, job: Job | str) -> Path:
+        return self.root / "work" / (job if isinstance(job, str) else job.id)
+
+    def failure_dir(self, job: Job | str) -> Path:
+        return self.root / "failures" / (job if isinstance(job, str) else job.id)
+
+    def lock_path(self, job: Job | str) -> Path:
+        return self.root / "locks" / (job if isinstance(job, str) else job.id)
+
+    def has_output(self, job: Job | str) -> bool:
+        """A complete job directory exists (it may still need to grow: see :meth:`is_done`)."""
+        return (self.job_dir(job) / "DONE").is_file()
+
+    def is_done(self, job: Job | str) -> bool:
+        """Complete, and (for an extensible output) holding what this plan needs of it."""
+        job = self.jobs[job] if isinstance(job, str) else job
+        if not self.has_output(job):
+            return False
+        return job.growth is None or job.growth.satisfied(self.job_dir(job))
+
+    def needs_growth(self, job: Job) -> bool:
+        """Done once, but this plan needs more of it (a stream whose study grew)."""
+        return self.has_output(job) and not self.is_done(job)
+
+    def input_dirs(self, job: Job) -> dict[str, Path]:
+        return {role: self.job_dir(dep) for role, dep in job.inputs.items()}
+
+    def by_stage(self, stage: str) -> list[Job]:
+        return [j for j in self.jobs.values() if j.stage == stage]
+
+    def with_inputs(self, targets: Iterable[Job]) -> Plan:
+        """The sub-plan of ``targets`` and everything they read (in the same order)."""
+        wanted: set[str] = set()
+        todo = [t.id for t in targets]
+        while todo:
+            job_id = todo.pop()
+            if job_id not in wanted:
+                wanted.add(job_id)
+                todo.extend(self.jobs[job_id].inputs.values())
+        return Plan(cfg=self.cfg, root=self.root, jobs={i: j for i, j in self.jobs.items() if i in wanted})
+
+    def describe_done(self, job: Job) -> dict[str, Any]:
+        """The ``DONE`` record of a done job (timings, host)."""
+        return read_json(self.job_dir(job) / "DONE")
 
 
 @dataclass
 class JobContext:
-    """What a job function gets: the study, its job, where to write, and its inputs."""
+    """What a stage's ``run`` gets: the study, its job, where to write, and its inputs."""
 
     cfg: StudyConfig
     job: Job
     out: Path
     """The work directory: write every output here (it becomes the job directory on success)."""
     inputs: dict[str, Path]
-    """Role → directory of the (done) input job."""
+    """Role -> directory of the (done) input job."""
+    root: Path
+    """The study's out directory."""
     resume: bool = False
     """``out`` holds what an interrupted attempt left (only for resumable jobs, e.g. checkpoints)."""
+    previous: Path | None = None
+    """The job's existing directory, when it runs to grow it (see :class:`Growth`)."""
 
     def input(self, role: str) -> Path:
         return self.inputs[role]
@@ -54,185 +180,3 @@ class JobContext:
     def stream_dirs(self) -> dict[str, Path]:
         return {role.split(":", 1)[1]: p for role, p in self.inputs.items() if role.startswith("stream:")}
 
-
-TOKENIZER_FILE = "tokenizer.json"
-ROWS_FILE = "rows.jsonl"
-CONTEXT_DIR = "context"
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def tokenizer_job(ctx: JobContext) -> None:
-    """Train (or copy) the study tokenizer: ``tokenizer.json``."""
-    from codemix.data.tokenizer import build_tokenizer
-
-    build_tokenizer(ctx.cfg.data, ctx.out / TOKENIZER_FILE)
-
-
-def stream_job(ctx: JobContext) -> None:
-    """Tokenize one source: the job directory is the stream (``heldout/`` inside it).
-
-    In a t5 study a code stream is also annotated (``annotations/`` inside it).
-
-    The stream builder keeps committed chunks beside ``ctx.out`` (``.<dir>.partial``), so a
-    killed tokenization resumes where it stopped.
-    """
-    from codemix.data.annotations import build_annotations
-    from codemix.data.streams import build_stream
-
-    source = ctx.cfg.source(ctx.job.key["source"]["name"])
-    tokenizer_path = ctx.input("tokenizer") / TOKENIZER_FILE
-    build_stream(source, ctx.cfg.data, tokenizer_path, ctx.out, budget_tokens=int(ctx.job.key["budget_tokens"]),
-                 progress=False)
-    if ctx.job.key.get("annotate"):  # a t5 study: identifiers for CodeT5's objectives
-        build_annotations(ctx.out, source.lang, tokenizer_path, workers=ctx.cfg.data.workers or None, progress=False)
-
-
-def mixture_job(ctx: JobContext) -> None:
-    """Build one mixture index (``index.npy``, ``mixture.json``) from the streams."""
-    from codemix.data.mixture import MixtureSpec, build_mixture
-
-    label = ctx.job.labels[0]  # identical mixtures share one job; the first label names it
-    spec = MixtureSpec(label["setting"], float(label["m"]), bool(label["baseline"]))
-    build_mixture(spec, ctx.cfg.mixtures, ctx.cfg.data, ctx.stream_dirs(), ctx.out)
-
-
-# ----------------------------------------------------------------------------- pretraining
-
-
-def _under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def pretrain_job(ctx: JobContext) -> None:
-    """Pretrain one model; the job directory is the run directory (``checkpoints/``, ``log.jsonl``).
-
-    Always resumes from the newest checkpoint an interrupted attempt left. With more than one
-    GPU per job it re-launches itself under ``torchrun`` (one process per GPU, DDP/FSDP
-    applied by the trainer); the executor sees one job either way.
-    """
-    if ctx.job.gpus > 1 and not _under_torchrun():
-        _torchrun(ctx, ctx.job.gpus)
-    else:
-        from codemix.train.pretrain import train
-
-        rank0 = int(os.environ.get("RANK", "0")) == 0
-        if rank0 and not list((ctx.out / "checkpoints").glob("step-*")):  # nothing to resume: drop a stale log
-            (ctx.out / "log.jsonl").unlink(missing_ok=True)
-        heldout = {name: d / "heldout" for name, d in ctx.stream_dirs().items()}
-        ckpt = train(ctx.cfg, mixture_dir=ctx.input("mixture"), heldout=heldout,
-                     tokenizer_path=ctx.input("tokenizer") / TOKENIZER_FILE, seed=int(ctx.job.key["seed"]),
-                     out_dir=ctx.out, resume=True)
-        if rank0:
-            atomic_write_text(ctx.out / "final_checkpoint", os.path.relpath(ckpt, ctx.out) + "\n")
-
-
-def _torchrun(ctx: JobContext, nproc: int) -> None:
-    payload = ctx.out / ".torchrun-payload.pkl"
-    payload.write_bytes(pickle.dumps({"kind": "context", "ctx": ctx}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "codemix.study.jobs", str(payload)]
-    result = subprocess.run(cmd, check=False)
-    payload.unlink(missing_ok=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"torchrun with {nproc} processes exited with code {result.returncode}: {' '.join(cmd)}")
-
-
-def checkpoint_of(run_dir: Path) -> Path:
-    """The final checkpoint of a done pretraining job."""
-    marker = run_dir / "final_checkpoint"
-    if marker.is_file():
-        return run_dir / marker.read_text().strip()
-    from codemix.train.pretrain import latest_checkpoint
-
-    return latest_checkpoint(run_dir)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def eval_job(ctx: JobContext) -> None:
-    """Run one benchmark on one checkpoint; its rows go to ``rows.jsonl``."""
-    from codemix.evals import benchmark
-
-    name = ctx.job.key["benchmark"]
-    module = benchmark(name)
-    section = getattr(ctx.cfg.evals, name)
-    ckpt = checkpoint_of(ctx.input("checkpoint"))
-    kwargs: dict[str, Any] = {"out_dir": ctx.out, "study": ctx.cfg}
-    if name in ("cogs", "cogs_vf", "passivization"):
-        kwargs["task"] = name
-    if name == "perplexity":  # the held-out documents of this study's stream jobs
-        kwargs["heldout"] = {n: d / "heldout" for n, d in ctx.stream_dirs().items()}
-    rows = module.evaluate(str(ckpt), section, **kwargs)
-    keys = ("task", "subtask", "metric", "value", "n", "question_type", "primary")
-    lines = [json.dumps({k: r.get(k) for k in keys}) for r in rows]
-    atomic_write_text(ctx.out / ROWS_FILE, "\n".join(lines) + ("\n" if lines else ""))
-
-
-# ----------------------------------------------------------------------------- analysis
-
-
-def analysis_job(ctx: JobContext) -> None:
-    """Gather every eval's rows under their study labels; regressions, permutation tests, report.
-
-    The report's study sections (config, mixture table, loss curves) are read from a small
-    ``context/`` copy of this plan's mixture and pretraining records, so jobs of earlier
-    versions of the study that are still on disk do not show up in it.
-    """
-    import shutil
-
-    import pandas as pd
-
-    from codemix.analysis.report import analyze
-    from codemix.config import save_config
-    from codemix.study.store import RESULT_COLUMNS
-
-    rows = []
-    for role, path in sorted(ctx.inputs.items()):
-        kind, _, job_id = role.partition(":")
-        if kind != "eval":
-            continue
-        for lab in ctx.job.key["labels"][job_id]:
-            for line in (path / ROWS_FILE).read_text().splitlines():
-                if line.strip():
-                    r = json.loads(line)
-                    rows.append({"study": ctx.job.key["study"], "setting": lab["setting"], "m": lab["m"],
-                                 "baseline": bool(lab["baseline"]), "seed": lab["seed"], "task": r["task"],
-                                 "subtask": r.get("subtask") or "", "metric": r["metric"], "value": r["value"],
-                                 "n": r.get("n")})
-    df = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
-    atomic_write_text(ctx.out / "results.csv", df.to_csv(index=False))
-
-    context = ctx.out / CONTEXT_DIR
-    save_config(ctx.cfg, context)
-    for role, path in sorted(ctx.inputs.items()):
-        kind, _, job_id = role.partition(":")
-        record = {"mixture": "mixture.json", "pretrain": "log.jsonl"}.get(kind)
-        if record and (path / record).is_file():
-            target = context / kind / job_id.split("/", 1)[1].rsplit("-", 1)[0]
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path / record, target / record)
-    a = ctx.cfg.analysis
-    analyze(df, ctx.out, permutations=a.permutations, seed=a.seed, study_dir=context)
-
-
-# ----------------------------------------------------------------------------- process entry point
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one job from a pickled payload (a local GPU slot, or one torchrun rank)."""
-    argv = sys.argv[1:] if argv is None else argv
-    payload = pickle.loads(Path(argv[0]).read_bytes())
-    if payload["kind"] == "context":  # a torchrun rank of a multi-GPU pretraining job
-        pretrain_job(payload["ctx"])
-        return 0
-    from codemix.study.executors import run_job
-
-    state = run_job(payload["cfg"], payload["root"], payload["job"])
-    return 0 if state == "done" else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,36 +9,32 @@ WAL journaling lets ``codemix study status`` read while a run writes.
 
 from __future__ import annotations
 
-import argparse
 import json
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from codemix.errors import CodemixError
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from codemix.evals.rows import COLUMNS
 from codemix.io import atomic_write_json, atomic_write_text
-from codemix.study.plan import STAGES, Job, Plan
+from codemix.study.jobs import STAGES, Job, Plan
+from codemix.study.locks import lock_is_live
+from codemix.study.stages.analysis import collect_rows
 
 __all__ = [
-    "RESULT_COLUMNS",
     "Store",
     "clear_failure",
-    "cmd_status",
-    "collect_rows",
-    "export_results",
+    "plan_rows",
     "job_state",
+    "print_status",
     "read_failure",
     "record_failure",
 ]
-
-#: Columns of a result row (DESIGN.md "Result rows"); analysis accepts any table with these.
-#: The tidy result columns (DESIGN.md), plus the question type (multiple_choice / generative, or "")
-#: that the §5.1 permutation tests split by, and `primary`: the task's headline row, the one they pool.
-RESULT_COLUMNS = ("study", "setting", "m", "baseline", "seed", "task", "subtask", "metric", "value", "n",
-                  "question_type", "primary")
 
 #: How much of a traceback the FAILED file and `study status` keep.
 ERROR_TAIL_CHARS = 4000
@@ -67,20 +63,25 @@ def read_failure(plan: Plan, job: Job | str) -> str | None:
 
 
 def clear_failure(plan: Plan, job: Job | str) -> None:
-    import shutil
-
     shutil.rmtree(plan.failure_dir(job), ignore_errors=True)
 
 
+#: Job states, in the order `study status` shows them.
+STATES = ("done", "running", "extend", "failed", "blocked", "pending")
+
+
 def job_state(plan: Plan, job: Job, states: dict[str, str] | None = None) -> str:
-    """``done``, ``failed``, ``blocked`` (an input failed or is blocked) or ``pending``."""
+    """One of :data:`STATES`: ``running`` (a driver holds its lock), ``extend`` (done, but the study now
+    needs more of it: a token stream), ``blocked`` (an input failed or is blocked)."""
     if plan.is_done(job):
         return "done"
+    if lock_is_live(plan.lock_path(job)):
+        return "running"
     if (plan.failure_dir(job) / "FAILED").is_file():
         return "failed"
     if states is not None and any(states.get(dep) in ("failed", "blocked") for dep in job.inputs.values()):
         return "blocked"
-    return "pending"
+    return "extend" if plan.needs_growth(job) else "pending"
 
 
 def all_states(plan: Plan) -> dict[str, str]:
@@ -93,58 +94,16 @@ def all_states(plan: Plan) -> dict[str, str]:
 # ----------------------------------------------------------------------------- result rows
 
 
-def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
-def collect_rows(plan: Plan) -> list[dict[str, Any]]:
-    """Result rows of every done eval job of the plan, one copy per label the job stands for."""
-    rows = []
-    for job in plan.by_stage("eval"):
-        path = plan.job_dir(job) / "rows.jsonl"
-        if not (plan.is_done(job) and path.is_file()):
-            continue
-        for row in _read_rows(path):
-            for lab in job.labels:
-                rows.append({"study": plan.cfg.name, "setting": lab["setting"], "m": lab["m"],
-                             "baseline": bool(lab["baseline"]), "seed": lab["seed"],
-                             "task": row["task"], "subtask": row.get("subtask") or "",
-                             "metric": row["metric"], "value": row["value"], "n": row.get("n"),
-                             "question_type": row.get("question_type") or "",
-                             "primary": bool(row.get("primary"))})
-    return rows
-
-
-def export_results(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write result rows as CSV or Parquet (by suffix), atomically."""
-    import pandas as pd
-
-    from codemix.io import atomic_write_bytes
-
-    path = Path(path)
-    df = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        atomic_write_text(path, df.to_csv(index=False))
-    elif suffix in (".parquet", ".pq"):
-        import io
-
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        atomic_write_bytes(path, buf.getvalue())
-    else:
-        raise CodemixError(f"--export {path}: expected a file ending in .csv or .parquet, found "
-                           f"{suffix or 'no suffix'!r}; e.g. --export results.csv")
-    return path
+def plan_rows(plan: Plan) -> list[dict[str, Any]]:
+    """:func:`collect_rows` of every done eval job of the plan."""
+    done = [(plan.job_dir(j), j.labels) for j in plan.by_stage("eval") if plan.is_done(j)]
+    return collect_rows(plan.cfg.name, done)
 
 
 # ----------------------------------------------------------------------------- the SQLite index
 
 
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, stage TEXT NOT NULL, name TEXT NOT NULL, hash TEXT NOT NULL,
@@ -152,7 +111,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE TABLE IF NOT EXISTS results (
     job_id TEXT NOT NULL, study TEXT, setting TEXT, m REAL, baseline INTEGER, seed INTEGER,
-    task TEXT, subtask TEXT, metric TEXT, value REAL, n INTEGER, question_type TEXT, "primary" INTEGER
+    task TEXT, subtask TEXT, metric TEXT, value REAL, n INTEGER, arm TEXT, question_type TEXT, "primary" INTEGER
 );
 CREATE INDEX IF NOT EXISTS results_job ON results(job_id);
 """
@@ -199,10 +158,9 @@ class Store:
                  done_info.get("seconds"), done_info.get("finished"), error, json.dumps(job.labels)))
             self.db.execute("DELETE FROM results WHERE job_id = ?", (job.id,))
             if state == "done" and job.stage == "eval":
-                sub = Plan(cfg=self.plan.cfg, root=self.plan.root, jobs={job.id: job})
-                self.db.executemany(
-                    f"INSERT INTO results VALUES (?{',?' * len(RESULT_COLUMNS)})",
-                    [(job.id, *(r[c] for c in RESULT_COLUMNS)) for r in collect_rows(sub)])
+                rows = collect_rows(self.plan.cfg.name, [(self.plan.job_dir(job), job.labels)])
+                self.db.executemany(f"INSERT INTO results VALUES (?{',?' * len(COLUMNS)})",
+                                    [(job.id, *(r[c] for c in COLUMNS)) for r in rows])
 
     def rebuild(self) -> dict[str, str]:
         """Forget everything and re-index the plan's jobs from their directories."""
@@ -222,9 +180,9 @@ class Store:
         return list(self.db.execute("SELECT id, error FROM jobs WHERE state = 'failed' ORDER BY rowid"))
 
     def results(self) -> list[dict[str, Any]]:
-        columns = ", ".join(f'"{c}"' for c in RESULT_COLUMNS)  # `primary` is an SQL keyword
+        columns = ", ".join(f'"{c}"' for c in COLUMNS)  # `primary` is an SQL keyword
         cur = self.db.execute(f"SELECT {columns} FROM results ORDER BY rowid")
-        rows = [dict(zip(RESULT_COLUMNS, r)) for r in cur]
+        rows = [dict(zip(COLUMNS, r)) for r in cur]
         for r in rows:
             r["baseline"], r["primary"] = bool(r["baseline"]), bool(r["primary"])
         return rows
@@ -233,14 +191,7 @@ class Store:
 # ----------------------------------------------------------------------------- `codemix study status`
 
 
-STATES = ("done", "failed", "blocked", "pending")
-
-
 def print_status(store: Store, *, console: Any = None) -> None:
-    from rich.console import Console
-    from rich.panel import Panel
-    from rich.table import Table
-
     console = console or Console()
     counts = store.counts()
     plan = store.plan
@@ -248,7 +199,7 @@ def print_status(store: Store, *, console: Any = None) -> None:
     t.add_column("stage")
     for s in STATES:
         t.add_column(s, justify="right")
-    styles = {"done": "green", "failed": "red", "blocked": "yellow", "pending": ""}
+    styles = {"done": "green", "running": "cyan", "extend": "", "failed": "red", "blocked": "yellow", "pending": ""}
     for stage in STAGES:
         if any(st == stage for st, _ in counts):
             cells = [str(counts.get((stage, s), 0)) for s in STATES]
@@ -272,20 +223,3 @@ def print_status(store: Store, *, console: Any = None) -> None:
         else:
             console.print(f"report: {report} [yellow](from an earlier version of the study; "
                           "`codemix study run` brings it up to date)[/]")
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """``codemix study status STUDY.yaml [--export FILE]``."""
-    from codemix.config import load_study
-    from codemix.study.plan import plan_study
-
-    cfg = load_study(args.study, args.overrides)
-    plan = plan_study(cfg)
-    with closing(Store(plan)) as store:
-        store.rebuild()
-        print_status(store)
-        if getattr(args, "export", None):
-            rows = store.results()
-            export_results(rows, args.export)
-            print(f"wrote {len(rows)} result rows to {args.export}")
-    return 0

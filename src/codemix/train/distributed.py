@@ -7,10 +7,10 @@ either way. The model file (``codemix.models.gpt``) never sees any of this.
 
 Launch, e.g. on 8 GPUs::
 
-    torchrun --standalone --nproc_per_node 8 -m -- codemix.cli train STUDY.yaml --setting additive --m 0.25
+    codemix train STUDY.yaml --setting additive --m 0.25 --gpus 8
 
-(the ``--`` stops torchrun's own argument parser from reading ``--m`` as an abbreviation of
-its ``--master-*``/``--module`` options).
+(the study's pretrain stage starts ``torchrun`` itself, one process per GPU: see
+:mod:`codemix.study.stages.pretrain`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codemix.errors import ConfigError
 
@@ -131,14 +140,10 @@ def parallelize(model: nn.Module, ctx: DistContext, *, compile: bool = False) ->
     """
     model = model.to(ctx.device)
     if ctx.distributed and ctx.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
         for block in getattr(model, "blocks", []):
             fully_shard(block)
         model = fully_shard(model)
     elif ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         model = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if compile:
         model = torch.compile(model)
@@ -180,16 +185,12 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 def model_state_dict(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
     """Full, unsharded CPU state dict (FSDP2 gathers it; every rank must call this)."""
     if ctx.fsdp and ctx.distributed:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
 def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext) -> dict[str, Any]:
     if ctx.fsdp and ctx.distributed:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
         return get_optimizer_state_dict(model, optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return optimizer.state_dict()
@@ -197,8 +198,6 @@ def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, ctx
 
 def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor], ctx: DistContext) -> None:
     if ctx.fsdp and ctx.distributed:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
     else:
         unwrap(model).load_state_dict(state)
@@ -207,8 +206,6 @@ def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor], ctx:
 def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
                               ctx: DistContext) -> None:
     if ctx.fsdp and ctx.distributed:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(state)

@@ -30,6 +30,8 @@ import torch
 from codemix.config import FinetuneConfig
 from codemix.errors import CodemixError
 from codemix.io import atomic_dir, atomic_write_json
+from codemix.train.distributed import DistContext
+from codemix.train.loop import LoopSpec, LoopState, RunLogger, build_optimizer, lr_at, run_loop, warn
 
 __all__ = [
     "FinetuneResult",
@@ -61,12 +63,6 @@ class FinetuneResult:
     out_dir: Path | None = None
     skipped_train: int = 0
     """Training examples left out because they do not fit the model's context."""
-
-
-def _warn(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -221,9 +217,6 @@ def finetune(
     evaluation's outputs. ``save_to`` receives the finetuned model and tokenizer in
     Hugging Face format.
     """
-    from codemix.train.distributed import DistContext
-    from codemix.train.pretrain import LoopSpec, LoopState, RunLogger, build_optimizer, lr_at, run_loop
-
     seq2seq = bool(handle.is_seq2seq)
     tokenizer, model = handle.tokenizer, handle.model
     check_tokenizer(tokenizer, seq2seq=seq2seq, where=str(handle.path or "the model"))
@@ -245,10 +238,10 @@ def finetune(
                            f"{handle.max_length} tokens; use a model with a longer context")
 
     if len(fits) < len(encoded):
-        _warn(f"{len(encoded) - len(fits)} of {len(encoded)} training examples are longer than the model's context "
+        warn(f"{len(encoded) - len(fits)} of {len(encoded)} training examples are longer than the model's context "
               f"of {handle.max_length} tokens and are left out")
     if cfg.warmup_steps > cfg.steps:
-        _warn(f"finetune.warmup_steps={cfg.warmup_steps} exceeds finetune.steps={cfg.steps}: the learning rate "
+        warn(f"finetune.warmup_steps={cfg.warmup_steps} exceeds finetune.steps={cfg.steps}: the learning rate "
               f"never reaches finetune.lr={cfg.lr}; lower warmup_steps (e.g. --set finetune.warmup_steps="
               f"{cfg.steps // 10})")
     ctx = DistContext.single(handle.device)

@@ -1,4 +1,4 @@
-"""The planner: job graph shape, content hashes, deduplication, compute estimates, `study plan`."""
+"""The job graph: shape, content keys, deduplication, compute estimates, `study plan`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 
 from codemix.cli import main
 from codemix.config import load_study
-from codemix.study.plan import GPU_PEAK_FLOPS, MFU, count_params, gpu_hours, mixture_tokens, plan_study
+from codemix.data.mixture import MixtureSpec, source_targets
+from codemix.models import count_parameters
+from codemix.study.graph import GPU_PEAK_FLOPS, MFU, gpu_hours, plan_study
 
 DEMO = Path(__file__).resolve().parents[2] / "studies" / "demo.yaml"
 
@@ -23,8 +25,10 @@ def test_demo_graph_shape_and_m0_dedupe():
     counts = {s: len(plan.by_stage(s)) for s in ("tokenizer", "stream", "mixture", "pretrain", "eval", "analysis")}
     # 3 m × (competitive, additive, baseline) = 9 mixtures, the three m=0 ones are one
     assert counts == {"tokenizer": 1, "stream": 4, "mixture": 7, "pretrain": 14, "eval": 56, "analysis": 1}
-    n = plan.cfg.mixtures.n_tokens
-    m0 = [j for j in plan.by_stage("mixture") if j.key["code_tokens"] == 0 and j.key["lang_tokens"] == n]
+    code = {s.name for s in plan.cfg.data.sources if s.code}
+    lang_only = round(plan.cfg.mixtures.n_tokens / plan.cfg.data.seq_len)
+    m0 = [j for j in plan.by_stage("mixture")
+          if not any(j.key["sequences"][c] for c in code) and j.key["sequences"]["c4"] == lang_only]
     assert len(m0) == 1 and sorted((lab["setting"], lab["baseline"]) for lab in m0[0].labels) == [
         ("additive", False), ("additive", True), ("competitive", False)]
     # its pretraining and eval jobs stand for all three labels (per seed)
@@ -49,10 +53,16 @@ def test_code_streams_of_a_t5_study_are_annotated_for_codet5():
 
 
 def test_mixture_token_counts_follow_the_design():
-    assert mixture_tokens("competitive", 0.25, False, 1000) == (750, 250)
-    assert mixture_tokens("additive", 0.5, False, 1000) == (1000, 1000)
-    assert mixture_tokens("additive", 0.5, True, 1000) == (2000, 0)
-    assert mixture_tokens("additive", 0.0, True, 1000) == mixture_tokens("competitive", 0.0, False, 1000)
+    cfg = _plan("mixtures.n_tokens=1000").cfg
+
+    def tokens(setting, m, baseline):  # (language, code)
+        t = source_targets(MixtureSpec(setting, m, baseline), cfg.mixtures, cfg.data)
+        return tuple(round(sum(v for k, v in t.items() if cfg.source(k).code == code)) for code in (False, True))
+
+    assert tokens("competitive", 0.25, False) == (750, 250)
+    assert tokens("additive", 0.5, False) == (1000, 1000)
+    assert tokens("additive", 0.5, True) == (2000, 0)
+    assert tokens("additive", 0.0, True) == tokens("competitive", 0.0, False)
 
 
 def _hashes(plan):
@@ -76,7 +86,7 @@ def test_hashes_are_stable_and_changes_propagate_downstream_only():
 
 def test_compute_estimate_is_6ND_on_the_stated_gpu():
     plan = _plan("pretrain.max_steps=100")
-    n = count_params(plan.cfg)
+    n = count_parameters(plan.cfg.model, vocab_size=plan.cfg.data.tokenizer.vocab_size, seq_len=plan.cfg.data.seq_len)
     assert 2e5 < n < 2e6  # the tiny preset
     job = plan.by_stage("pretrain")[0]
     tokens = 100 * plan.cfg.pretrain.batch_size * plan.cfg.data.seq_len
@@ -101,3 +111,50 @@ def test_study_plan_command_prints_stages_compute_and_progress(capsys, tmp_path)
     assert main(["study", "plan", str(study)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"tokenizer\s*│\s*1\s*│\s*1\s*│", out) and "0/1" not in out.split("tokenizer")[1][:80]
+
+
+PY2RUST = Path(__file__).resolve().parents[2] / "studies" / "py2rust-go.yaml"
+
+#: Ways a study grows (issue: "extending a study retrains everything"): (base, grown) overrides of
+#: py2rust-go.yaml (competitive only, no baselines). None may change an existing job.
+GROWTH = {
+    "m": ([], ["mixtures.m=[0.0,0.1,0.2,0.3,0.5,0.7]"]),
+    "seed": ([], ["seeds=[0,1,2,3]"]),
+    "setting": ([], ["mixtures.settings=[competitive,additive]"]),
+    "baseline": (["mixtures.settings=[competitive,additive]"],
+                 ["mixtures.settings=[competitive,additive]", "mixtures.baselines=true"]),
+    "benchmark": ([], ["evals.bigbench={tasks: [arithmetic], limit: 5}"]),
+    "permutations": ([], ["analysis.permutations=20000"]),
+}
+
+
+@pytest.mark.parametrize("growth", sorted(GROWTH))
+def test_growing_a_study_adds_jobs_and_keeps_every_existing_one(growth):
+    """Every job of the smaller study is a job of the grown one (same key), except the analysis."""
+    base, grown = GROWTH[growth]
+    small = plan_study(load_study(PY2RUST, base), root=Path("/study"))
+    large = plan_study(load_study(PY2RUST, grown), root=Path("/study"))
+    kept = {j.id for j in small.jobs.values() if j.stage != "analysis"}
+    assert kept <= set(large.jobs), sorted(kept - set(large.jobs))[:3]
+    assert len(large.jobs) > len(small.jobs) or growth == "permutations"
+    assert {j.id for j in small.by_stage("analysis")} != {j.id for j in large.by_stage("analysis")}
+    # the language-only m = 0 model reads no code: its mixture, models and evals are shared
+    m0 = [j for j in small.by_stage("pretrain") if j.name.startswith("lang-only-m0")]
+    assert m0 and all(j.id in large.jobs for j in m0)
+
+
+def test_a_grown_study_extends_streams_instead_of_rekeying_them():
+    """A larger code budget (m = 0.7) keeps the stream's identity; the plan asks it to grow."""
+    small = plan_study(load_study(PY2RUST), root=Path("/study"))
+    large = plan_study(load_study(PY2RUST, GROWTH["m"][1]), root=Path("/study"))
+    s, g = ({j.name: j for j in p.by_stage("stream")} for p in (small, large))
+    assert {n: j.id for n, j in s.items()} == {n: j.id for n, j in g.items()}
+    assert g["python"].growth.need > s["python"].growth.need
+    assert g["c4"].growth.need == s["c4"].growth.need
+
+
+def test_t5_parameter_counts_come_from_the_model_class():
+    """No second preset table: the planner's count is the real CodeT5's (codet5-small ≈ 60M at 32K vocab)."""
+    cfg = _plan("model.arch=t5", "model.preset=codet5-small", "data.tokenizer.vocab_size=32100").cfg
+    n = count_parameters(cfg.model, vocab_size=32100, seq_len=cfg.data.seq_len)
+    assert 59e6 < n < 62e6

@@ -1,4 +1,5 @@
-"""Executors and the job runner, on small real jobs (study.jobfns): results, failures, reruns, kills."""
+"""The job runner and the scheduling loop with each launcher, on small real jobs (study.jobfns):
+results, failures, reruns, kills, and two drivers sharing one study."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from codemix.study.executors import run_job, run_local, run_slots, run_submitit
-from codemix.study.plan import STAGES
-from codemix.study.store import Store, collect_rows, read_failure
+from codemix.study.jobs import STAGES
+from codemix.study.scheduler import InProcess, Submitit, Subprocesses, run_job, run_jobs
+from codemix.study.store import Store, plan_rows, read_failure
 
 from .conftest import read_calls
 from .jobfns import toy_plan, values
@@ -34,7 +35,7 @@ def _tree(root: Path) -> list[str]:
 
 def test_local_runs_every_job_once_in_stage_order(toy_env):
     plan = toy_plan(toy_env["root"])
-    summary = run_local(plan)
+    summary = run_jobs(plan, InProcess())
     assert summary.ok and len(summary.ran) == 8
     assert values(plan) == EXPECTED
     calls = read_calls(toy_env["calls"])
@@ -42,7 +43,7 @@ def test_local_runs_every_job_once_in_stage_order(toy_env):
     assert stages == sorted(stages, key=STAGES.index) and len(stages) == 8
     assert not (toy_env["root"] / "failures").exists() and _tree(toy_env["root"])
     # a second run does nothing
-    again = run_local(plan)
+    again = run_jobs(plan, InProcess())
     assert again.ran == [] and again.already_done == 8
     assert len(read_calls(toy_env["calls"])) == 8
     # the job's config is recorded beside its outputs
@@ -53,7 +54,7 @@ def test_local_runs_every_job_once_in_stage_order(toy_env):
 def test_failure_blocks_only_dependents_and_rerun_retries_only_it(toy_env):
     toy_env["fail"].write_text("on")
     plan = toy_plan(toy_env["root"], fail={1})
-    summary = run_local(plan)
+    summary = run_jobs(plan, InProcess())
     failed = [j for j in plan.jobs.values() if j.name == "s1"][0]
     assert summary.failed == [failed.id]
     assert sorted(plan.jobs[b].name for b in summary.blocked) == ["all", "e1"]
@@ -70,7 +71,7 @@ def test_failure_blocks_only_dependents_and_rerun_retries_only_it(toy_env):
 
     toy_env["fail"].unlink()
     before = len(read_calls(toy_env["calls"]))
-    summary = run_local(plan)
+    summary = run_jobs(plan, InProcess())
     assert summary.ok and sorted(plan.jobs[i].name for i in summary.ran) == ["all", "e1", "s1"]
     assert read_calls(toy_env["calls"])[before:] == [plan.jobs[i].id for i in summary.ran]
     assert values(plan) == EXPECTED
@@ -84,7 +85,7 @@ def test_a_job_dir_appears_only_when_complete(toy_env):
     stale = plan.work_dir(job)
     stale.mkdir(parents=True)
     (stale / "value.json").write_text("999")
-    run_local(plan, capture=False)
+    run_jobs(plan, InProcess(capture=False))
     assert values(plan)["s0"] == 1 and not stale.exists()
 
 
@@ -102,7 +103,7 @@ def test_ctrl_c_leaves_no_partial_job_dir(toy_env, monkeypatch):
 
     monkeypatch.setattr(fns, "value_job", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_local(plan)
+        run_jobs(plan, InProcess())
     s1 = next(j for j in plan.jobs.values() if j.name == "s1")
     assert not plan.job_dir(s1).exists() and not plan.work_dir(s1).exists()
     assert not plan.failure_dir(s1).exists()  # an interruption is not a failure
@@ -113,9 +114,9 @@ _DRIVER = """
 import sys
 from pathlib import Path
 from study.jobfns import toy_plan
-from codemix.study.executors import run_local
+from codemix.study.scheduler import InProcess, run_jobs
 plan = toy_plan(Path(sys.argv[1]), sleep=float(sys.argv[2]))
-run_local(plan)
+run_jobs(plan, InProcess())
 """
 
 
@@ -139,7 +140,7 @@ def test_killed_run_resumes_to_the_same_results(toy_env, sig):
     assert any(d.startswith("stream/s0-") for d in done_before)
     assert not any(d.startswith("stream/s1-") for d in done_before)
     plan = toy_plan(root, sleep=0.3)  # the same study: the same job hashes
-    summary = run_local(plan)
+    summary = run_jobs(plan, InProcess())
     assert summary.ok and values(plan) == EXPECTED
     assert sorted(plan.jobs[i].name for i in summary.ran) == sorted(set(EXPECTED) - {"tok", "s0"})
 
@@ -147,12 +148,12 @@ def test_killed_run_resumes_to_the_same_results(toy_env, sig):
 def test_gpu_slot_executor_runs_jobs_in_parallel_processes(toy_env):
     toy_env["fail"].write_text("on")
     plan = toy_plan(toy_env["root"], fail={2})
-    summary = run_slots(plan, [None, None], poll_s=0.05)
+    summary = run_jobs(plan, Subprocesses([None, None]), poll_s=0.05)
     assert values(plan) == {k: v for k, v in EXPECTED.items() if k not in ("s2", "e2", "all")}
     assert [plan.jobs[i].name for i in summary.failed] == ["s2"]
     assert "boom in s2" in read_failure(plan, summary.failed[0])
     toy_env["fail"].unlink()
-    again = run_slots(plan, [None, None], poll_s=0.05)
+    again = run_jobs(plan, Subprocesses([None, None]), poll_s=0.05)
     assert again.ok and values(plan) == EXPECTED
 
 
@@ -160,18 +161,17 @@ def test_submitit_local_executor_same_path_as_slurm(toy_env):
     """submitit's LocalExecutor: pickled jobs, job arrays per stage, retries of failed jobs."""
     toy_env["fail"].write_text("on")
     plan = toy_plan(toy_env["root"], n=2, fail={1})
-    plan.cfg.executor.max_retries = 1
-    summary = run_submitit(plan, cluster="local", local_parallelism=2, poll_s=0.1)
+    summary = run_jobs(plan, Submitit(plan.cfg, cluster="local", slots=2), max_retries=1, poll_s=0.1)
     s1 = next(j for j in plan.jobs.values() if j.name == "s1")
     assert summary.failed == [s1.id]
     assert read_calls(toy_env["calls"]).count(s1.id) == 2  # the first attempt and one resubmission
     assert "boom in s1" in read_failure(plan, s1)
     assert (toy_env["root"] / "submitit").is_dir()
     toy_env["fail"].unlink()
-    summary = run_submitit(plan, cluster="local", local_parallelism=2, poll_s=0.1)
+    summary = run_jobs(plan, Submitit(plan.cfg, cluster="local", slots=2), max_retries=1, poll_s=0.1)
     assert summary.ok
     assert values(plan) == {"tok": 1, "s0": 1, "s1": 11, "e0": 1, "e1": 111, "all": 112}
-    rows = collect_rows(plan)
+    rows = plan_rows(plan)
     assert {(r["m"], r["metric"], r["value"]) for r in rows} == {
         (0.0, "value", 1.0), (0.0, "double", 2.0), (0.1, "value", 111.0), (0.1, "double", 222.0)}
 
@@ -179,29 +179,101 @@ def test_submitit_local_executor_same_path_as_slurm(toy_env):
 def test_run_job_refuses_missing_inputs(toy_env):
     plan = toy_plan(toy_env["root"], n=1)
     e0 = next(j for j in plan.jobs.values() if j.name == "e0")
-    assert run_job(plan.cfg, plan.root, e0) == "failed"
+    assert run_job(plan, e0) == "failed"
     assert "are not done" in read_failure(plan, e0)
 
 
 def test_slurm_submission_carries_the_executor_settings(toy_env, tmp_path, monkeypatch):
     """The sbatch script submitit writes for a stage: partition, account, GPUs, time, extra args."""
     from codemix.errors import CodemixError
-    from codemix.study.executors import _make_submitit_executor
 
     plan = toy_plan(toy_env["root"])
     ex = plan.cfg.executor
     ex.partition, ex.account, ex.time_limit_min, ex.slurm_args = "gpu", "lab", 90, {"constraint": "h100"}
     monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
     with pytest.raises(CodemixError, match="needs SLURM"):
-        _make_submitit_executor(plan, "slurm", "pretrain", 4)
+        Submitit(plan.cfg).executor(plan, "pretrain", 4)
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
     (fake / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}/usr/bin:/bin")
-    executor = _make_submitit_executor(plan, "slurm", "pretrain", 4)
+    executor = Submitit(plan.cfg).executor(plan, "pretrain", 4)
     script = executor._executor._make_submission_file_text("python -m x", "uid")
     for line in ("--partition=gpu", "--account=lab", "--gpus-per-node=4", "--time=90", "--constraint=h100",
                  "--job-name=toy-pretrain"):
         assert line in script, line
     assert executor._executor.parameters["array_parallelism"] == ex.array_parallelism
+
+
+_DRIVER_EXIT = """
+import sys
+from pathlib import Path
+from study.jobfns import toy_plan
+from codemix.study.scheduler import InProcess, run_jobs
+plan = toy_plan(Path(sys.argv[1]), sleep=float(sys.argv[2]))
+summary = run_jobs(plan, InProcess(), poll_s=0.05)
+print(len(summary.ran), len(summary.elsewhere))
+sys.exit(0 if summary.ok else 1)
+"""
+
+
+def test_two_drivers_on_one_study_run_every_job_exactly_once(toy_env):
+    """A login node and a laptop on one file system: both finish, each job ran once, in one of them."""
+    root = toy_env["root"]
+    procs = [subprocess.Popen([sys.executable, "-c", _DRIVER_EXIT, str(root), "0.4"], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    calls = read_calls(toy_env["calls"])
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == len(EXPECTED)  # exactly once each
+    ran = [tuple(map(int, out.split())) for out in outs]
+    assert sum(r for r, _ in ran) == len(EXPECTED)  # what one did not run, it saw done by the other
+    assert all(r + e <= len(EXPECTED) for r, e in ran)
+    assert values(toy_plan(root, sleep=0.4)) == EXPECTED  # the same study: the same job keys
+    assert not list((root / "locks").rglob("*")) or all(p.is_dir() for p in (root / "locks").rglob("*"))
+
+
+def test_a_stale_lock_of_a_killed_driver_is_taken_over(toy_env):
+    from codemix.study.locks import STALE_S
+
+    plan = toy_plan(toy_env["root"], n=1)
+    tok = next(j for j in plan.jobs.values() if j.stage == "tokenizer")
+    lock = plan.lock_path(tok)
+    lock.parent.mkdir(parents=True)
+    lock.write_text('{"holder": "deadhost:12345:abcd"}')  # a driver killed while running the job
+    stale = time.time() - 2 * STALE_S
+    os.utime(lock, (stale, stale))
+    summary = run_jobs(plan, InProcess())
+    assert summary.ok and tok.id in summary.ran and values(plan) == {"tok": 1, "s0": 1, "e0": 1, "all": 1}
+    assert not lock.exists()
+
+
+def test_a_lock_of_a_dead_process_on_this_machine_is_taken_over_at_once(toy_env):
+    """A driver killed here (SIGKILL: no cleanup) leaves a fresh-looking lock; its process is gone, so the
+    next run takes the job at once instead of waiting for the heartbeat to go stale."""
+    import socket
+
+    plan = toy_plan(toy_env["root"], n=1)
+    tok = next(j for j in plan.jobs.values() if j.stage == "tokenizer")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = plan.lock_path(tok)
+    lock.parent.mkdir(parents=True)
+    lock.write_text(f'{{"holder": "{socket.gethostname()}:{dead.pid}:abcd"}}')
+    start = time.monotonic()
+    assert run_jobs(plan, InProcess(), poll_s=0.05).ok and tok.id in read_calls(toy_env["calls"])
+    assert time.monotonic() - start < 30
+
+
+def test_a_live_lock_is_respected(toy_env):
+    """A job another driver holds is not run here; when that driver lets go unfinished, it is taken back."""
+    from codemix.study.locks import JobLock
+
+    plan = toy_plan(toy_env["root"], n=1)
+    tok = next(j for j in plan.jobs.values() if j.stage == "tokenizer")
+    other = JobLock(plan.lock_path(tok), heartbeat_s=0.05)
+    assert other.acquire()
+    assert run_job(plan, tok) == "busy" and read_calls(toy_env["calls"]) == []
+    other.release()
+    assert run_jobs(plan, InProcess(), poll_s=0.05).ok and values(plan)["all"] == 1

@@ -1,0 +1,156 @@
+"""A study YAML becomes a graph of jobs: the one path through a study.
+
+:func:`plan_study` asks each stage module (:mod:`codemix.study.stages`) for its jobs, in
+stage order; every job is keyed by content (:mod:`codemix.study.jobs`), so identical jobs
+are one job and growing a study (another m, seed, setting, baseline, benchmark) adds jobs
+and invalidates none but the analysis. ``codemix study run`` runs the whole graph;
+``codemix mix``, ``codemix train`` and ``codemix eval`` run some of its targets and their
+missing inputs (:meth:`~codemix.study.jobs.Plan.with_inputs`).
+
+The graph, in stage order (each stage reads only earlier stages)::
+
+    tokenizer ─► stream (one per source) ─► mixture (setting × m, + baselines)
+              ─► pretrain (mixture × seed) ─► eval (checkpoint × benchmark) ─► analysis
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from codemix.config import StudyConfig
+from codemix.errors import CodemixError
+from codemix.models import count_parameters
+from codemix.study.jobs import STAGES, Job, Plan
+from codemix.study.stages import analysis, eval, mixture, pretrain, stream, tokenizer
+
+__all__ = ["GPU_NAME", "GPU_PEAK_FLOPS", "MFU", "find_pretrain", "gpu_hours", "plan_study", "print_plan"]
+
+#: The GPU that the compute estimate assumes: H100 SXM, dense bf16 peak.
+GPU_NAME = "H100 (989 TFLOP/s bf16)"
+GPU_PEAK_FLOPS = 989e12
+#: Model FLOPs utilization assumed for the GPU-hour estimate (a well-tuned small-model run).
+MFU = 0.40
+
+
+def plan_study(cfg: StudyConfig, root: str | Path | None = None) -> Plan:
+    """Turn a validated study into its job graph (no side effects)."""
+    root = Path(root if root is not None else cfg.out)
+    tok = tokenizer.plan(cfg)
+    streams = stream.plan(cfg, tok)
+    mixtures = mixture.plan(cfg, streams)
+    checkpoints = pretrain.plan(cfg, mixtures, tok, streams)
+    evals = eval.plan(cfg, checkpoints, streams)
+    final = analysis.plan(cfg, evals, mixtures, checkpoints)
+    jobs: dict[str, Job] = {}
+    for job in (tok, *streams.values(), *mixtures, *checkpoints, *evals, *final):
+        jobs.setdefault(job.id, job)
+    return Plan(cfg=cfg, root=root, jobs=jobs)
+
+
+def find_pretrain(plan: Plan, *, setting: str, m: float, seed: int, baseline: bool = False) -> Job:
+    """The pretraining job that stands for (setting, m, baseline, seed); a clear error when none does."""
+    want = {"setting": setting, "m": float(m), "baseline": baseline, "seed": seed}
+    for job in plan.by_stage("pretrain"):
+        if any({k: lab.get(k) for k in want} == want for lab in job.labels):
+            return job
+    have = sorted({f"{lab['setting']}{' baseline' if lab['baseline'] else ''} m={lab['m']:g} seed={lab['seed']}"
+                   for j in plan.by_stage("pretrain") for lab in j.labels})
+    raise CodemixError(f"study {plan.cfg.name!r} has no model for setting={setting} m={m:g} seed={seed}"
+                       f"{' (baseline)' if baseline else ''}; it has: {', '.join(have)}. Add the m to "
+                       "mixtures.m (or the seed to seeds) in the study file, or pick one of these")
+
+
+# ----------------------------------------------------------------------------- `codemix study plan`
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _fmt_flops(f: float) -> str:
+    if f <= 0:
+        return "-"
+    exp = int(math.floor(math.log10(f)))
+    return f"{f / 10 ** exp:.1f}e{exp}"
+
+
+def gpu_hours(flops: float) -> float:
+    """Hours on one GPU of :data:`GPU_NAME` at :data:`MFU`."""
+    return flops / (GPU_PEAK_FLOPS * MFU) / 3600.0
+
+
+def stage_summary(plan: Plan) -> list[dict[str, Any]]:
+    """One row per stage: jobs, done, failed, FLOPs, GPU-hours, disk."""
+    rows = []
+    for stage in STAGES:
+        jobs = plan.by_stage(stage)
+        if not jobs:
+            continue
+        done = sum(plan.is_done(j) for j in jobs)
+        extend = sum(plan.needs_growth(j) for j in jobs)
+        failed = sum((plan.failure_dir(j) / "FAILED").is_file() and not plan.is_done(j) for j in jobs)
+        flops = sum(j.flops for j in jobs)
+        rows.append({"stage": stage, "jobs": len(jobs), "done": done, "extend": extend, "failed": failed,
+                     "flops": flops, "gpu_hours": gpu_hours(flops) if flops else 0.0,
+                     "disk_bytes": sum(j.disk_bytes for j in jobs)})
+    return rows
+
+
+def print_plan(plan: Plan, *, jobs: bool = True, console: Any = None) -> None:
+    """Print the job table (optional) and the per-stage compute, disk and progress."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or captured: do not squeeze the tables to 80 columns
+            console = Console(width=140)
+    cfg = plan.cfg
+    if jobs:
+        t = Table(title=f"jobs of study {cfg.name!r} in {plan.root} (eval jobs grouped per checkpoint)")
+        for col in ("stage", "job", "hash", "stands for", "GPU-h", "done"):
+            t.add_column(col, justify="right" if col in ("GPU-h", "done") else "left",
+                         no_wrap=col == "hash")
+        rows: dict[tuple[str, str], list[Job]] = {}
+        for j in plan.jobs.values():  # eval rows grouped by the checkpoint they read
+            group = plan.jobs[j.inputs["checkpoint"]].name + " × " if j.stage == "eval" else j.name
+            rows.setdefault((j.stage, group), []).append(j)
+        for (stage, group), js in rows.items():
+            name = group + ",".join(j.key["benchmark"] for j in js) if stage == "eval" else group
+            labels = "; ".join(
+                f"{'baseline' if lab['baseline'] else lab['setting']} m={lab['m']:g}" for lab in js[0].labels)
+            flops = sum(j.flops for j in js)
+            done = sum(plan.is_done(j) for j in js)
+            failed = sum((plan.failure_dir(j) / "FAILED").is_file() for j in js)
+            grow = [j for j in js if plan.needs_growth(j)]
+            state = f"[green]{done}/{len(js)}[/]" if done == len(js) else (
+                f"{done}/{len(js)}" + (f" [red]{failed} failed[/]" if failed else "")
+                + (f" extend to {grow[0].growth.need:,} tokens" if len(grow) == 1 and grow[0].growth else ""))
+            t.add_row(stage, name, js[0].hash[:8] if len(js) == 1 else "…", labels,
+                      f"{gpu_hours(flops):.2g}" if flops else "-", state)
+        console.print(t)
+
+    n_params = count_parameters(cfg.model, vocab_size=cfg.data.tokenizer.vocab_size, seq_len=cfg.data.seq_len)
+    s = Table(title=(f"compute per stage — model {cfg.model.arch}/{cfg.model.preset} ≈ {n_params / 1e6:.1f}M params; "
+                     f"6·N·D training FLOPs (2·N·D inference); GPU-hours on one {GPU_NAME} at {MFU:.0%} MFU"))
+    for col in ("stage", "jobs", "done", "extend", "failed", "FLOPs", "GPU-hours", "disk"):
+        s.add_column(col, justify="left" if col == "stage" else "right")
+    total = {"jobs": 0, "done": 0, "extend": 0, "failed": 0, "flops": 0.0, "gpu_hours": 0.0, "disk_bytes": 0.0}
+    for row in stage_summary(plan):
+        for k in total:
+            total[k] += row[k]
+        s.add_row(row["stage"], str(row["jobs"]), str(row["done"]), str(row["extend"]), str(row["failed"]),
+                  _fmt_flops(row["flops"]), f"{row['gpu_hours']:.3g}" if row["flops"] else "CPU",
+                  _fmt_bytes(row["disk_bytes"]))
+    s.add_row("[bold]total[/]", str(total["jobs"]), str(total["done"]), str(total["extend"]), str(total["failed"]),
+              _fmt_flops(total["flops"]), f"{total['gpu_hours']:.3g}", _fmt_bytes(total["disk_bytes"]))
+    console.print(s)
+    console.print("Eval FLOPs are rough (fixed prompt lengths); data stages run on CPU. "
+                  "Disk: streams ≈ tokens × 2 bytes, checkpoints ≈ 12 bytes/param (weights + AdamW) each kept. "
+                  "`extend`: done, and kept, but the study now needs more of it (a longer token stream).")
