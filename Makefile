@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # rustc and go run generated programs in the MBPP sandbox (Debian's rustc: the sandbox user cannot run a
-# rustup toolchain under /root); chromium renders the report in a test.
+# rustup toolchain under /root); testify is the assert package of HumanEval-X's Go tests (the sandbox
+# finds it under /usr/share/gocode, offline); chromium renders the report in a test.
 system-deps:
 	@missing=""; \
 	command -v go >/dev/null || [ -x /usr/lib/go/bin/go ] || missing="$$missing golang-go"; \
+	[ -d /usr/share/gocode/src/github.com/stretchr/testify/assert ] || missing="$$missing golang-github-stretchr-testify-dev"; \
 	[ -x /usr/bin/rustc ] || missing="$$missing rustc"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
@@ -36,7 +38,7 @@ test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: install
-	$(VENV)/bin/codemix data fetch --from ../shared/data cogs_vf bigbench mbpp multipl_e c4 code
+	$(VENV)/bin/codemix data fetch --from ../shared/data cogs_vf bigbench mbpp multipl_e c4 code humaneval_x adapt
 	$(VENV)/bin/codemix study run studies/demo.yaml
 
 clean:

@@ -83,6 +83,7 @@ def build_parser(*, evals: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--m", type=float, required=True, help="code fraction of the mixture")
     p.add_argument("--seed", type=int, default=0, help="pretraining seed (default 0)")
     p.add_argument("--baseline", action="store_true", help="the language-only twin of the additive mixture at m")
+    p.add_argument("--arm", help="the code composition (mixtures.arms), when the study has several")
     p.add_argument("--gpus", type=int, metavar="N",
                    help="train on N GPUs of this machine (torchrun with DDP, or FSDP2 with parallel.fsdp=true; "
                         "default: executor.gpus_per_job)")

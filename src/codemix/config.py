@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,10 @@ __all__ = [
     "Labels",
     "EXEC_LANGUAGES",
     "MAX_M",
+    "AdaptEvalConfig",
     "MbppConfig",
+    "MbppTransferEvalConfig",
+    "SolutionsEvalConfig",
     "MixturesConfig",
     "ModelConfig",
     "ObjectivesConfig",
@@ -157,12 +161,22 @@ class MixturesConfig(_Config):
     def m_for(self, setting: str) -> list[float]:
         """The code fractions of ``setting``: ``m_by_setting[setting]``, else ``m``."""
         return self.m_by_setting.get(setting, self.m)
+
+    def arm_names(self) -> list[str | None]:
+        """The study's arms (``[None]``: one composition, ``code_weights``)."""
+        return list(self.arms) or [None]
+
+    def code_weights_of(self, arm: str | None) -> dict[str, float]:
+        """The code weights of ``arm`` (``code_weights`` when the study has no arms)."""
+        return self.arms[arm] if arm is not None else self.code_weights
     baselines: bool = True
     """Also build language-only twins of the additive mixtures (same N_total)."""
     n_tokens: int = Field(400_000, gt=0)
     """N_total for competitive mixtures, N_lang for additive ones, in tokens."""
     code_weights: dict[str, float] = Field(default_factory=dict)
     """How code tokens split across code sources; a code source absent here is evaluation-only. Empty: equal over code sources."""
+    arms: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Several code compositions in one study, by arm name, e.g. `{python-only: {python: 1.0}, mixed: {python: 0.9, rust: 0.05, go: 0.05}}` (each like `code_weights`, which must then be empty). Mixtures with code are built per arm; those without (m = 0, baselines) are shared. The arm is a column of the result rows."""
     lang_weights: dict[str, float] = Field(default_factory=dict)
     """How language tokens split across language sources. Empty: equal over language sources."""
     max_repetition: float = Field(1.0, ge=1.0)
@@ -403,7 +417,7 @@ class MbppConfig(BenchmarkConfig, section="mbpp"):
     limit: int | None = Field(None, gt=0)
     """At most this many problems per language."""
     problems: str | None = None
-    """A MultiPL-E-format JSONL file, or `mbpp` / `mbpp-sanitized` (original MBPP, Python); default: MultiPL-E MBPP."""
+    """A MultiPL-E-format JSONL file, `mbpp` / `mbpp-sanitized` (original MBPP, Python), or `humaneval-x` (HumanEval-X's 164 problems in py, rs and go, run as CodeGeeX's harness runs them; Rust programs that need its crates rand, regex or md5 are marked `needs_crate`, not run); default: MultiPL-E MBPP."""
     common_only: bool = False
     """Only problems present in every chosen language."""
     completions: str | None = None
@@ -436,6 +450,86 @@ class MbppConfig(BenchmarkConfig, section="mbpp"):
     def sampling_temperature(self) -> float:
         """``temperature``, else greedy for one sample and 0.8 for several."""
         return self.temperature if self.temperature is not None else (0.0 if self.n == 1 else 0.8)
+
+
+#: HumanEval-X's languages (its file names), and the sets of problems with correct solutions.
+SOLUTION_LANGUAGES = ("python", "rust", "go", "cpp", "java", "js")
+SOLUTION_SETS = ("humaneval_x", "mbpp")
+
+
+class SolutionsEvalConfig(BenchmarkConfig, section="solutions"):
+    """Likelihood of correct solutions given their prompts, per language (bits per byte, log-prob per token)."""
+
+    sets: list[Literal["humaneval_x", "mbpp"]] = Field(default_factory=lambda: list(SOLUTION_SETS))
+    """Built-in problem sets: HumanEval-X (the same 164 problems in every language) and MBPP (Python, test split)."""
+    langs: list[str] = Field(default_factory=lambda: ["python", "rust", "go"])
+    """Languages of HumanEval-X to score: python, rust, go, cpp, java, js (MBPP is Python only)."""
+    problems: str | None = None
+    """A JSONL file of problems with `prompt` and `canonical_solution` (HumanEval-X's format), scored instead of `sets`; its language comes from `language`, or the prefix of `task_id` (`Rust/3`)."""
+    limit: int | None = Field(None, gt=0)
+    """At most this many problems per set and language."""
+    batch_size: int = Field(8, gt=0)
+    """Sequences per forward pass."""
+
+    @field_validator("langs")
+    @classmethod
+    def _known_langs(cls, v: list[str]) -> list[str]:
+        aliases = {"py": "python", "rs": "rust", "javascript": "js", "c++": "cpp"}
+        out = list(dict.fromkeys(aliases.get(x.lower(), x.lower()) for x in v))
+        bad = [x for x in out if x not in SOLUTION_LANGUAGES]
+        if bad or not out:
+            raise ValueError(f"languages must be among {', '.join(SOLUTION_LANGUAGES)}; found {bad or v}")
+        return out
+
+
+class MbppTransferEvalConfig(BenchmarkConfig, section="mbpp_transfer"):
+    """Python → Rust / Go transfer: finetune on MBPP's Python train split, test MBPP in py, rs and go (pass@k) and the solutions' likelihood."""
+
+    finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(
+        steps=1000, batch_size=16, lr=1.0e-4, warmup_steps=50, eval_every=100))
+    """Finetuning on MBPP's train split (task ids 601-974); every `eval_every` steps the validation split (511-600) is scored and the best step's weights are kept."""
+    test: MbppConfig = Field(default_factory=lambda: MbppConfig(common_only=True))
+    """How the finetuned model is tested: MultiPL-E's MBPP test problems (the same ones in every language by default), pass@k in the sandbox."""
+    solutions: SolutionsEvalConfig | None = Field(default_factory=SolutionsEvalConfig)
+    """After the finetune, also the likelihood of correct solutions per language (null: skip)."""
+
+
+class AdaptEvalConfig(BenchmarkConfig, section="adapt"):
+    """Few-shot adaptation to a low-resource language: continue pretraining on K tokens of a corpus, score its held-out documents."""
+
+    corpora: list[str] = Field(default_factory=lambda: ["exercism_rust", "exercism_go"])
+    """Built-in corpora (exercism_rust, exercism_go, exercism_python, thealgorithms_rust, thealgorithms_go), JSONL files with a text field, or directories of source files."""
+    lang: str | None = None
+    """Language of corpora that do not say it (a JSONL without `lang`); a directory's language comes from its file extensions."""
+    text_field: str = "text"
+    """Field holding a document of a JSONL corpus (exercism records: the solution)."""
+    budgets: list[int] = Field(default_factory=lambda: [0, 20_000, 100_000, 500_000])
+    """Training tokens of the corpus per run (0: the model as it is); each run starts from the same checkpoint."""
+    heldout: float = Field(0.2, gt=0, lt=1)
+    """Share of a corpus's exercises (or files) held out for measuring, drawn with `seed`; never split by line."""
+    epochs: int = Field(1, gt=0)
+    """Passes over each budget's tokens."""
+    batch_size: int = Field(8, gt=0)
+    """Sequences per step."""
+    seq_len: int | None = Field(None, gt=1)
+    """Tokens per training sequence (default: the model's pretraining length, at most 512)."""
+    lr: float = Field(1.0e-4, gt=0)
+    """Learning rate (constant after warmup)."""
+    warmup_steps: int = Field(10, ge=0)
+    """Linear warmup steps."""
+    max_docs: int | None = Field(None, gt=0)
+    """At most this many held-out documents are scored per corpus."""
+    next_line_samples: int = Field(50, ge=0)
+    """Next-line completion probes per corpus and budget."""
+    seed: int = 0
+    """Seed of the held-out split and the training order."""
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 0 for b in v):
+            raise ValueError(f"budgets must be a non-empty list of token counts >= 0; found {v}")
+        return sorted(set(v))
 
 
 class _EvalsBase(_Config):
@@ -577,8 +671,18 @@ def _semantic_problems(cfg: StudyConfig) -> list[str]:
     if mix.baselines and "additive" not in mix.settings:
         problems.append("mixtures.baselines=true needs the additive setting (baselines are its language-only twins); "
                         "add `additive` to mixtures.settings or set baselines: false")
-    for field, pool, kind in (("code_weights", code, "code"), ("lang_weights", lang, "language")):
-        weights = getattr(mix, field)
+    if mix.arms and mix.code_weights:
+        problems.append("mixtures.code_weights and mixtures.arms are both set; with arms, give each arm its code "
+                        "weights and leave code_weights empty")
+    weight_sets = [("code_weights", mix.code_weights, code, "code"), ("lang_weights", mix.lang_weights, lang, "language")]
+    weight_sets += [(f"arms.{arm}", weights, code, "code") for arm, weights in mix.arms.items()]
+    for arm, weights in mix.arms.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", arm):
+            problems.append(f"mixtures.arms: arm name {arm!r} may hold only letters, digits, `_`, `.` and `-` "
+                            "(it names directories)")
+        if not weights:
+            problems.append(f"mixtures.arms.{arm}: no code weights; name at least one code source, e.g. {{python: 1.0}}")
+    for field, weights, pool, kind in weight_sets:
         for name, w in weights.items():
             if name not in names:
                 problems.append(f"mixtures.{field}: unknown source {name!r}; sources are {names}")

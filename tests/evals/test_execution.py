@@ -129,6 +129,56 @@ def test_rust_and_go_outcomes(sandbox, impatient):
     assert got == [(lang, want) for lang, _, want in RUST_GO_CASES], [r.stderr_tail[-300:] for r in results]
 
 
+# HumanEval-X's Rust shape: an empty main, the tests in a #[cfg(test)] module (run with rustc --test).
+RUST_TESTS = ("fn main(){}\nfn sq(a: i32) -> i32 {\n    BODY\n}\n\n#[cfg(test)]\nmod tests {\n    use super::*;\n\n"
+              "    #[test]\n    fn test_sq() {\n        assert_eq!(sq(3), 9);\n"
+              "        assert_eq!(sq(-2), 4);\n    }\n}\n")
+
+RUST_TEST_CASES = [
+    (RUST_TESTS.replace("BODY", "a * a"), "passed"),
+    (RUST_TESTS.replace("BODY", "a + a"), "failed"),  # assert_eq! fails inside the #[test]
+    (RUST_TESTS.replace("BODY", "a * \"a\""), "compile_error"),
+    (RUST_TESTS.replace("BODY", "let v: Vec<i32> = vec![];\n    v[a as usize]"), "runtime_error"),
+    # tests commented out: a test binary that runs nothing does not pass
+    (RUST_TESTS.replace("BODY", "a * a").replace("#[cfg(test)]", "/*\n#[cfg(test)]") + "*/\n", "runtime_error"),
+    # a passing test module does not stand in for a main whose asserts fail (MultiPL-E's shape)
+    (RUST_TESTS.replace("BODY", "a * a").replace("fn main(){}", "fn main() {\n    assert_eq!(sq(2), 5);\n}"),
+     "failed"),
+]
+
+
+def test_rust_test_module_outcomes(sandbox):
+    results = sandbox.run_many([("rs", prog) for prog, _ in RUST_TEST_CASES], progress=False)
+    got = [r.outcome for r in results]
+    assert got == [want for _, want in RUST_TEST_CASES], [r.stderr_tail[-300:] for r in results]
+    assert "test result: ok. 1 passed" in results[0].stderr_tail  # the test binary ran, its report is kept
+    assert "left: `6`" in results[1].stderr_tail or "left: 6" in results[1].stderr_tail
+    assert "running 0 tests" in results[4].stderr_tail
+
+
+# HumanEval-X's Go shape: package main, testify's assert, which only the system's Go libraries provide.
+GO_TESTIFY = ('package main\n\nimport (\n    "testing"\n    "github.com/stretchr/testify/assert"\n)\n\n'
+              "func Sq(a int) int {\n    BODY\n}\n\n"
+              "func TestSq(t *testing.T) {\n    assert := assert.New(t)\n    assert.Equal(9, Sq(3))\n"
+              "    assert.Equal(4, Sq(-2))\n}\n")
+
+
+@pytest.mark.skipif(not execution.go_package_installed("github.com/stretchr/testify/assert"),
+                    reason="testify is not installed (make system-deps installs golang-github-stretchr-testify-dev)")
+def test_go_programs_import_testify_offline(sandbox):
+    progs = {"passed": GO_TESTIFY.replace("BODY", "return a * a"),
+             "failed": GO_TESTIFY.replace("BODY", "return a + a"),
+             "runtime_error": GO_TESTIFY.replace("BODY", "return a * a").replace("func TestSq", "func testSq")}
+    results = sandbox.run_many([("go", p) for p in progs.values()], progress=False)
+    assert [r.outcome for r in results] == list(progs), [r.stderr_tail[-300:] for r in results]
+    assert "Not equal" in results[1].stderr_tail
+    assert "no tests to run" in results[2].stderr_tail  # a test program that tests nothing does not pass
+    # a library that is not installed is a compile error, not a download
+    missing = GO_TESTIFY.replace("stretchr/testify/assert", "codemix-example/nope/assert").replace("BODY", "return a")
+    res = sandbox.run("go", missing)
+    assert res.outcome == "compile_error" and "codemix-example/nope/assert" in res.stderr_tail, res
+
+
 def test_outcomes_are_known(sandbox):
     assert set(OUTCOMES) == {"passed", "failed", "timeout", "compile_error", "runtime_error"}
 

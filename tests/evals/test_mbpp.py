@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from fractions import Fraction
 
 import pytest
+from rich.console import Console
 
 from codemix.cli import build_parser, main
 from codemix.config import MbppConfig, configure
@@ -105,6 +107,77 @@ def test_original_mbpp_splits(data_dir):
     p367 = next(p for p in test if p.key == "mbpp_367")  # setup code that uses the solution's class
     prog = build_program(p367, p367.reference)
     assert prog.index("class Node") < prog.index("root = Node(1)")
+
+
+def test_humaneval_x_problems_and_programs(data_dir):
+    probs = select_problems(MbppConfig(problems="humaneval-x", common_only=True), data_dir=data_dir)
+    assert {lang: len(ps) for lang, ps in probs.items()} == {"py": 164, "rs": 164, "go": 164}
+    assert [p.key for p in probs["rs"]] == [p.key for p in probs["go"]] == [f"humaneval_{i}" for i in range(164)]
+    assert all(p.reference and p.harness == "humaneval_x" for ps in probs.values() for p in ps)
+    rs, go = ({p.name: p for p in probs[lang]} for lang in ("rs", "go"))
+
+    # Rust: a `pub fn` declaration ends the prompt too; unused crate `use` lines are dropped
+    assert rs["humaneval_27"].prompt.rstrip().endswith("pub fn flip_case(string: String) -> String{")
+    prog = build_program(rs["humaneval_0"], rs["humaneval_0"].reference)
+    assert "use rand" not in prog and "use regex" not in prog and "use md5" not in prog and "use std::" in prog
+    assert mbpp.missing_crates(rs["humaneval_0"], prog) == []
+    needs = {n: mbpp.missing_crates(rs[n], build_program(rs[n], rs[n].reference)) for n in rs}
+    assert {n: c for n, c in needs.items() if c} == {"humaneval_38": ["rand"], "humaneval_50": ["rand"],
+                                                    "humaneval_53": ["rand"], "humaneval_91": ["regex"],
+                                                    "humaneval_162": ["md5"]}
+    assert "use regex::Regex;" in build_program(rs["humaneval_91"], rs["humaneval_91"].reference)
+
+    # Go: the prompt's imports are replaced by those the code uses and the header lacks (CodeGeeX)
+    p32 = go["humaneval_32"]  # the header imports math, and so does the prompt
+    assert '"math"' in p32.header and p32.prompt.lstrip().startswith("import")
+    assert build_program(p32, p32.reference).count('"math"') == 1
+    p0 = go["humaneval_0"]
+    assert '"math"' not in build_program(p0, "    return false\n}\n")  # the completion does not use it
+    assert build_program(p0, p0.reference).count('"math"') == 1
+    with_strings = build_program(p0, '    return strings.Contains("a", "b") // math.\n}\n')  # a comment is no use
+    assert '"strings"' in with_strings and '"math"' not in with_strings
+    assert "import" not in go["humaneval_65"].prompt  # its solution's strconv comes from the usual packages
+    assert '"strconv"' in build_program(go["humaneval_65"], go["humaneval_65"].reference)
+
+
+# Canonical solutions with something to check: Rust 27 (`pub fn`), 32 (its tests are commented out),
+# 38/91/162 (crates); Go 0, 32 and 65 (imports); plus a wrong Rust and Go completion.
+HUMANEVAL_X_PICKS = {"py": ["humaneval_0"], "rs": ["humaneval_0", "humaneval_27", "humaneval_32", "humaneval_38",
+                                                   "humaneval_91", "humaneval_162"],
+                     "go": ["humaneval_0", "humaneval_32", "humaneval_65"]}
+
+
+def test_humaneval_x_scoring_marks_programs_that_need_crates(tmp_path, data_dir, sandbox):
+    probs = select_problems(MbppConfig(problems="humaneval-x"), data_dir=data_dir)
+    picked = {lang: [p for p in probs[lang] if p.name in names] for lang, names in HUMANEVAL_X_PICKS.items()}
+    completions = {(p.language, p.name): [p.reference] for ps in picked.values() for p in ps}
+    completions[("rs", "humaneval_0")].append("    numbers.len() > 1\n}\n")  # wrong: fails a test
+    completions[("go", "humaneval_0")].append("    return len(numbers) > 1\n}\n")
+    cfg = MbppConfig(problems="humaneval-x", completions="reference")
+    rows = mbpp.score(picked, completions, cfg, out_dir=tmp_path, sandbox=sandbox, progress=False)
+    samples = [json.loads(line) for line in (tmp_path / mbpp.SAMPLES_FILE).read_text().splitlines()]
+    got = {(s["language"], s["name"], s["sample"]): s["outcome"] for s in samples}
+    assert got == {
+        ("py", "humaneval_0", 0): "passed",
+        ("rs", "humaneval_0", 0): "passed", ("rs", "humaneval_0", 1): "failed",
+        ("rs", "humaneval_27", 0): "passed", ("rs", "humaneval_32", 0): "runtime_error",  # ran no test
+        ("rs", "humaneval_38", 0): "needs_crate", ("rs", "humaneval_91", 0): "needs_crate",
+        ("rs", "humaneval_162", 0): "needs_crate",
+        ("go", "humaneval_0", 0): "passed", ("go", "humaneval_0", 1): "failed",
+        ("go", "humaneval_32", 0): "passed", ("go", "humaneval_65", 0): "passed",
+    }, [(s["name"], s["outcome"], s["stderr_tail"][-300:]) for s in samples if s["outcome"] != "passed"]
+    value = {(r["subtask"], r["metric"]): r["value"] for r in rows}
+    assert value[("rs", "frac_needs_crate")] == pytest.approx(3 / 7) and value[("py", "frac_needs_crate")] == 0
+    assert value[("rs", "pass@1")] == pytest.approx(1.5 / 6)  # a sample that needs a crate does not pass
+
+    console = Console(file=io.StringIO(), width=200)
+    status = BENCHMARKS["mbpp"].report(rows, cfg, EvalContext(out_dir=tmp_path, progress=False), console)
+    text = console.file.getvalue()
+    assert status == 1  # 2 of 9 judged samples fail: below 99%
+    assert "rs humaneval_91: needs_crate: needs the crate(s) regex" in text
+    assert "rs humaneval_32: runtime_error: running 0 tests" in text
+    assert "rs: 2/7 passed, 3 need a crate (not run)" in text and "go: 3/4 passed" in text
+    assert "6/9 passed (66.7%), 3 more need a crate" in text
 
 
 def test_missing_problems_file_is_a_clear_error(tmp_path):
@@ -209,6 +282,18 @@ def test_cli_reference_passes_a_slice(tmp_path, data_dir, capsys):
     assert (pass1["subtask"], float(pass1["value"]), int(pass1["n"])) == ("py", 1.0, 30)
     assert "30/30 passed" in capsys.readouterr().out
     assert len((tmp_path / "results" / mbpp.SAMPLES_FILE).read_text().splitlines()) == 30
+
+
+def test_cli_humaneval_x_reference_passes_a_slice(tmp_path, data_dir, capsys):
+    out = tmp_path / "results.csv"
+    assert main(["eval", "mbpp", "--problems", "humaneval-x", "--reference", "--langs", "py,rs,go", "--limit", "6",
+                 "--common-only", "--workers", "2", "--out", str(out)]) == 0
+    rows = {(r["subtask"], r["metric"]): r for r in csv.DictReader(out.open())}
+    for lang in ("py", "rs", "go"):
+        assert (float(rows[(lang, "pass@1")]["value"]), int(rows[(lang, "pass@1")]["n"])) == (1.0, 6)
+    text = capsys.readouterr().out
+    assert "py: 6/6 passed" in text and "rs: 6/6 passed" in text and "go: 6/6 passed" in text
+    assert "18/18 passed" in text
 
 
 def test_cli_completions_file(tmp_path, data_dir):

@@ -116,7 +116,7 @@ def test_study_plan_command_prints_stages_compute_and_progress(capsys, tmp_path)
 PY2RUST = Path(__file__).resolve().parents[2] / "studies" / "py2rust-go.yaml"
 
 #: Ways a study grows (issue: "extending a study retrains everything"): (base, grown) overrides of
-#: py2rust-go.yaml (competitive only, no baselines). None may change an existing job.
+#: py2rust-go.yaml (competitive only, no baselines, two arms). None may change an existing job.
 GROWTH = {
     "m": ([], ["mixtures.m=[0.0,0.1,0.2,0.3,0.5,0.7]"]),
     "seed": ([], ["seeds=[0,1,2,3]"]),
@@ -125,6 +125,7 @@ GROWTH = {
                  ["mixtures.settings=[competitive,additive]", "mixtures.baselines=true"]),
     "benchmark": ([], ["evals.bigbench={tasks: [arithmetic], limit: 5}"]),
     "permutations": ([], ["analysis.permutations=20000"]),
+    "arm": (["mixtures.arms={python-only: {python: 1.0}}"], []),
 }
 
 

@@ -1,8 +1,9 @@
 """Growing a finished study: each extension adds jobs and invalidates none but the analysis.
 
 One tiny study is run to the end, then grown step by step, as a researcher grows a real
-one: another m (which needs a longer code stream), another setting, baselines, another
-seed, another benchmark, more permutations. Before each rerun the plan must show exactly
+one: another m (which needs a longer code stream), another arm (code composition; the
+study's first composition becomes one of two), another setting, baselines, another seed,
+another benchmark, more permutations. Before each rerun the plan must show exactly
 the new jobs and the analysis as not done (and, where a mixture needs more tokens than a
 stream holds, that stream as to be extended); the rerun must train only the new models and
 leave every existing checkpoint byte for byte as it was.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -31,9 +33,12 @@ BASE = {
              "max_docs": 80},
             {"name": "python", "kind": "jsonl", "lang": "python", "code": True,
              "paths": ["code/code_python.jsonl.gz"], "max_docs": 40},
+            {"name": "rust", "kind": "jsonl", "lang": "rust", "code": True,
+             "paths": ["code/code_rust.jsonl.gz"], "max_docs": 30},
         ],
     },
-    "mixtures": {"settings": ["competitive"], "m": [0.0, 0.25], "baselines": False, "n_tokens": 6400},
+    "mixtures": {"settings": ["competitive"], "m": [0.0, 0.25], "baselines": False, "n_tokens": 6400,
+                 "code_weights": {"python": 1.0}},
     "model": {"arch": "gpt", "preset": "tiny"},
     "pretrain": {"batch_size": 4, "lr": 3.0e-3, "warmup_steps": 1, "max_steps": 3, "eval_every": 100,
                  "eval_batches": 1, "log_every": 5},
@@ -45,6 +50,9 @@ BASE = {
 #: Each step changes the study grown so far (dotted path -> new value).
 STEPS = [
     ("another m (a longer python stream)", {"mixtures.m": [0.0, 0.25, 0.5]}),
+    ("another arm (code composition)", {"mixtures.code_weights": {},
+                                        "mixtures.arms": {"python-only": {"python": 1.0},
+                                                          "mixed": {"python": 0.8, "rust": 0.2}}}),
     ("another setting", {"mixtures.settings": ["competitive", "additive"],
                          "mixtures.m_by_setting": {"additive": [0.0, 0.25]}}),
     ("baselines", {"mixtures.baselines": True}),
@@ -101,6 +109,16 @@ def test_growing_a_finished_study_reruns_only_what_is_new(tmp_path, data_dir):
             grown = TokenStream(plan.job_dir(g)).tokens.tobytes()
             assert len(grown) > len(prefix) and grown[: len(prefix)] == prefix, what
         assert plan.is_done(plan.by_stage("analysis")[0]), what
-    assert grown_streams >= {"python"}  # another m (and additive m) needed a longer python stream
-    labels = {(lab["setting"], lab["m"], lab["baseline"]) for j in plan.by_stage("pretrain") for lab in j.labels}
-    assert ("additive", 0.25, True) in labels and ("competitive", 0.5, False) in labels
+    assert grown_streams >= {"python", "rust"}  # another m needed more python, the mixed arm more rust
+    labels = {(lab["setting"], lab["m"], lab["baseline"], lab["arm"]) for j in plan.by_stage("pretrain")
+              for lab in j.labels}
+    assert {("additive", 0.25, True, "mixed"), ("competitive", 0.5, False, "mixed"),
+            ("competitive", 0.0, False, "python-only")} <= labels
+    # the language-only models stand for both arms; the rows say which arm
+    shared = [j for j in plan.by_stage("pretrain") if j.name.startswith("lang-only-m0")]
+    assert len(shared) == 2 and all({lab["arm"] for lab in j.labels} == {"python-only", "mixed"} for j in shared)
+    results = pd.read_csv(plan.root / "results.csv")
+    assert set(results["arm"]) == {"python-only", "mixed"}
+    m0 = results[(results["m"] == 0) & (results["task"] == "perplexity")]
+    by_arm = {arm: sorted(g["value"]) for arm, g in m0.groupby("arm")}
+    assert by_arm["python-only"] == by_arm["mixed"]  # one model, reported under each arm

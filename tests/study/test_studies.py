@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from codemix.config import load_study
+from codemix.evals.registry import BENCHMARKS
 from codemix.study.graph import plan_study
 
 STUDIES = sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.yaml"))
@@ -26,9 +27,14 @@ def test_study_file_validates_and_plans(path, data_dir):
     stages = {j.stage for j in plan.jobs.values()}
     assert stages == {"tokenizer", "stream", "mixture", "pretrain", "eval", "analysis"}
     labels = [lab for j in plan.by_stage("mixture") for lab in j.labels]
-    wanted = [(s, m, b) for s in cfg.mixtures.settings for b in ([False, True] if s == "additive"
-              and cfg.mixtures.baselines else [False]) for m in cfg.mixtures.m_for(s)]
-    assert sorted((lab["setting"], lab["m"], lab["baseline"]) for lab in labels) == sorted(wanted)
+    wanted = [(s, m, b, arm) for arm in cfg.mixtures.arm_names() for s in cfg.mixtures.settings
+              for b in ([False, True] if s == "additive" and cfg.mixtures.baselines else [False])
+              for m in cfg.mixtures.m_for(s)]
+    assert sorted((lab["setting"], lab["m"], lab["baseline"], lab["arm"] or "") for lab in labels) == sorted(
+        (s, m, b, arm or "") for s, m, b, arm in wanted)
+    for data_file in (f for section in cfg.evals.enabled().values()  # and every file its benchmarks read
+                      for f in BENCHMARKS[section.section].data_files(section)):
+        assert (data_dir / data_file).is_file(), f"{path.name}: a benchmark reads missing {data_file}"
 
 
 def test_petty_small_is_the_papers_design():
@@ -39,18 +45,18 @@ def test_petty_small_is_the_papers_design():
     assert {"cogs", "cogs_vf", "passivization", "bigbench"} <= set(cfg.evals.enabled())
 
 
-def test_py2rust_go_arms_differ_only_in_code_weights():
-    a = load_study(STUDIES[0].parent / "py2rust-go.yaml").model_dump()
-    b = load_study(STUDIES[0].parent / "py2rust-go-mixed.yaml").model_dump()
-    assert a["mixtures"].pop("code_weights") == {"python": 1.0}
-    assert set(b["mixtures"].pop("code_weights")) == {"python", "rust", "go"}
-    for d in (a, b):
-        d.pop("name"), d.pop("out")
-    assert a == b
-    pa = plan_study(load_study(STUDIES[0].parent / "py2rust-go.yaml"), root=Path("/x"))
-    pb = plan_study(load_study(STUDIES[0].parent / "py2rust-go-mixed.yaml"), root=Path("/x"))
-    # the same tokenizer in both arms (identical job), and the same language-only m=0 mixture
-    assert [j.hash for j in pa.by_stage("tokenizer")] == [j.hash for j in pb.by_stage("tokenizer")]
-    ma = [j.key for j in pa.by_stage("mixture") if j.name == "lang-only-m0"]
-    mb = [j.key for j in pb.by_stage("mixture") if j.name == "lang-only-m0"]
-    assert ma and ma == mb
+def test_the_transfer_studies_hold_both_arms_and_share_the_language_only_models():
+    for name, arch in (("py2rust-go.yaml", "gpt"), ("codet5-py2rust-go.yaml", "t5")):
+        cfg = load_study(STUDIES[0].parent / name)
+        assert cfg.model.arch == arch and set(cfg.mixtures.arms) == {"python-only", "mixed"}
+        assert {"mbpp_transfer", "solutions", "adapt", "perplexity"} <= set(cfg.evals.enabled())
+        assert set(cfg.evals.adapt.corpora) == {"exercism_rust", "exercism_go"} and len(cfg.seeds) == 3
+        plan = plan_study(cfg, root=Path("/x"))
+        m0 = [j for j in plan.by_stage("mixture") if j.name == "lang-only-m0"]
+        assert len(m0) == 1 and {lab["arm"] for lab in m0[0].labels} == {"python-only", "mixed"}
+        with_code = [j for j in plan.by_stage("mixture") if j.name != "lang-only-m0"]
+        assert len(with_code) == 2 * 4 and {j.labels[0]["arm"] for j in with_code} == {"python-only", "mixed"}
+        assert len(plan.by_stage("pretrain")) == (1 + 2 * 4) * 3  # one m = 0 model per seed, shared by the arms
+    gpt, t5 = (plan_study(load_study(STUDIES[0].parent / n), root=Path("/x"))
+               for n in ("py2rust-go.yaml", "codet5-py2rust-go.yaml"))
+    assert [j.hash for j in gpt.by_stage("tokenizer")] == [j.hash for j in t5.by_stage("tokenizer")]

@@ -6,7 +6,8 @@ For a code fraction ``m`` (DESIGN.md, "Mixtures"):
 * additive: ``N_lang = N``, ``N_total = N/(1−m)``, ``N_code = m·N_total``;
 * baseline (the additive setting's language-only twin): ``N_lang = N/(1−m)``, no code.
 
-``N_code`` is split across code sources by ``code_weights`` and ``N_lang`` across
+``N_code`` is split across code sources by ``code_weights`` (or the mixture's arm's weights,
+``mixtures.arms``) and ``N_lang`` across
 language sources by ``lang_weights``; a source absent from its weights (or at weight 0)
 gets no training tokens and stays evaluation-only. Each source's target becomes a whole
 number of sequences, ``round(target / seq_len)``, so the realized count is within half a
@@ -47,33 +48,38 @@ __all__ = [
 _FORMAT_VERSION = 1
 
 
-def mixture_name(setting: str, m: float, baseline: bool = False) -> str:
-    """Directory name of a mixture, e.g. ``competitive-m0.25``, ``additive-m0.5``, ``baseline-m0.5``."""
-    return f"{'baseline' if baseline else setting}-m{float(m):g}"
+def mixture_name(setting: str, m: float, baseline: bool = False, arm: str | None = None) -> str:
+    """Name of a mixture, e.g. ``competitive-m0.25``, ``baseline-m0.5``, ``competitive-m0.25-mixed`` (arm ``mixed``)."""
+    return f"{'baseline' if baseline else setting}-m{float(m):g}" + (f"-{arm}" if arm else "")
 
 
 @dataclass(frozen=True)
 class MixtureSpec:
-    """One mixture of a study: a setting, a code fraction, and whether it is the language-only baseline."""
+    """One mixture of a study: a setting, a code fraction, whether it is the language-only baseline,
+    and the arm (code composition) it belongs to, when the study has several."""
 
     setting: str
     m: float
     baseline: bool = False
+    arm: str | None = None
 
     @property
     def name(self) -> str:
-        return mixture_name(self.setting, self.m, self.baseline)
+        return mixture_name(self.setting, self.m, self.baseline, self.arm)
 
 
 def mixture_specs(mixtures: MixturesConfig) -> list[MixtureSpec]:
-    """Every mixture a study builds: each setting × its m values, plus a baseline for each additive m.
+    """Every mixture a study names: per arm, each setting × its m values, plus a baseline for each additive m.
 
-    (The baseline at m = 0 equals the additive mixture at m = 0; it is built anyway — an
-    index file is cheap — so every (setting, m, baseline) a caller names exists.)
+    Specs of different arms (or settings) may have the same content (every language-only
+    mixture: m = 0, the baselines); the study builds each content once.
     """
-    specs = [MixtureSpec(setting, float(m)) for setting in mixtures.settings for m in mixtures.m_for(setting)]
-    if mixtures.baselines and "additive" in mixtures.settings:
-        specs += [MixtureSpec("additive", float(m), True) for m in mixtures.m_for("additive")]
+    specs = []
+    for arm in mixtures.arm_names():
+        specs += [MixtureSpec(setting, float(m), arm=arm) for setting in mixtures.settings
+                  for m in mixtures.m_for(setting)]
+        if mixtures.baselines and "additive" in mixtures.settings:
+            specs += [MixtureSpec("additive", float(m), True, arm) for m in mixtures.m_for("additive")]
     return specs
 
 
@@ -94,7 +100,7 @@ def source_targets(spec: MixtureSpec, mixtures: MixturesConfig, data: DataConfig
         n_code, n_lang = (0.0, total) if spec.baseline else (m * total, n)
     else:  # pragma: no cover - config validation allows only these two
         raise ValueError(f"unknown setting {spec.setting!r}")
-    code = _weights(mixtures.code_weights, [s.name for s in data.sources if s.code])
+    code = _weights(mixtures.code_weights_of(spec.arm), [s.name for s in data.sources if s.code])
     lang = _weights(mixtures.lang_weights, [s.name for s in data.sources if not s.code])
     return {s.name: (n_code * code[s.name] if s.code else n_lang * lang[s.name]) for s in data.sources}
 
@@ -177,7 +183,8 @@ def build_mixture(
     code_tokens = sum(tokens[s.name] for s in data.sources if s.code)
     total = sum(tokens.values())
     info = {
-        "name": spec.name, "setting": spec.setting, "m": spec.m, "baseline": spec.baseline, "seq_len": seq_len,
+        "name": spec.name, "setting": spec.setting, "m": spec.m, "baseline": spec.baseline, "arm": spec.arm,
+        "seq_len": seq_len,
         "n_sequences": int(len(index)), "seed": mixtures.seed,
         "target_tokens": {n: round(t) for n, t in targets.items()},
         "tokens": tokens, "repetition": repetition, "repeated_sequences": repeats,

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.table import Table
 
-from codemix.config import BenchmarkConfig, StudyConfig
+from codemix.config import BenchmarkConfig, SourceConfig, StudyConfig
 from codemix.evals.handle import Handle
 
 __all__ = ["Benchmark", "EvalContext", "add_common_arguments", "print_rows"]
@@ -29,6 +29,8 @@ class EvalContext:
     """Where the benchmark writes its details (predictions, per-sample results, finetuning logs)."""
     heldout: dict[str, Path] = field(default_factory=dict)
     """Source name -> held-out stream directory (``docs.jsonl.gz`` inside) of the model's study."""
+    sources: list[SourceConfig] = field(default_factory=list)
+    """The sources of the model's study (when it is evaluated in or with its study), e.g. its code corpora."""
     device: str = "auto"
     progress: bool = True
     finetuned_out: Path | None = None

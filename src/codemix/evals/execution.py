@@ -23,8 +23,15 @@ machine; it is detected once per process (:func:`isolation_mode`):
 The harness never forks with ``preexec_fn`` (unsafe with threads, and slow from a process
 holding a model): the limits are applied by the exec'd helpers.
 
+Languages: Python runs the program. Rust compiles it with rustc and runs ``main``; a program
+with a ``#[cfg(test)]`` module is (also) compiled with ``rustc --test`` and its test binary run.
+Go runs ``go test`` in GOPATH mode, offline: imports resolve to the standard library and to the
+Go libraries Debian installs under ``/usr/share/gocode`` (e.g. testify's ``assert``, from
+``golang-github-stretchr-testify-dev``), which the program can read but not write.
+
 Outcomes: ``passed``, ``failed`` (a test assertion failed), ``timeout``,
-``compile_error``, ``runtime_error`` (anything else), with the tail of stderr.
+``compile_error``, ``runtime_error`` (anything else, including a test program that runs no
+test), with the tail of stderr.
 Results are cached in SQLite by a hash of language, program, toolchain and limits, so
 re-runs execute only new programs (timeouts are not cached: they depend on load).
 """
@@ -37,6 +44,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import select
 import shutil
 import signal
@@ -66,13 +74,16 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "default_cache_dir",
+    "go_package_installed",
     "isolation_mode",
 ]
 
 OUTCOMES = ("passed", "failed", "timeout", "compile_error", "runtime_error")
 
 #: Bumped whenever a change could alter outcomes of cached programs.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: Where Debian installs Go libraries (``golang-*-dev`` packages): the second GOPATH entry of Go programs.
+GO_LIBRARIES = Path("/usr/share/gocode")
 #: First uid of the range sandboxed programs run as when the harness is root. uids with no
 #: passwd entry are fine for setuid; this range is far above any a distribution hands out.
 UID_BASE = 1_900_000_000
@@ -291,7 +302,7 @@ def isolation_mode() -> str:
 class _Step:
     argv: list[str]
     timeout_s: float
-    kind: str  # "compile", "run" or "test" (compile and run in one, as `go test`)
+    kind: str  # "compile", "run" or "test" (a test runner that reports on stdout: `go test`, a Rust test binary)
 
 
 @dataclass(frozen=True)
@@ -324,19 +335,36 @@ def _py_classify(step: _Step, rc: int, out: str, err: str) -> str:
     return "runtime_error"
 
 
+_RS_TEST_MODULE = re.compile(r"#\[cfg\(\s*test\s*\)\]")
+_RS_EMPTY_MAIN = re.compile(r"\bfn\s+main\s*\(\s*\)\s*\{\s*\}")
+
+
 def _rs_steps(exe: str, src: Path, lim: Limits) -> list[_Step]:
+    """Compile and run ``main`` (MultiPL-E's tests are asserts in ``main``); for a program with a
+    ``#[cfg(test)]`` module (HumanEval-X), compile with ``--test`` and run the tests. A program with
+    both runs both, so tests a completion adds cannot stand in for the asserts in ``main``."""
+    program = src.read_text(encoding="utf-8")
+    has_tests = _RS_TEST_MODULE.search(program) is not None
     # Linking std dynamically halves compile time and makes a 20 KB binary instead of 11 MB.
-    compile_ = [exe, "--edition", "2021", "-A", "warnings", "-C", "debuginfo=0", "-C", "prefer-dynamic",
-                "-C", "rpath", "-o", "prog", src.name]
-    return [_Step(compile_, lim.compile_timeout_s, "compile"), _Step(["./prog"], lim.timeout_s, "run")]
+    rustc = [exe, "--edition", "2021", "-A", "warnings", "-C", "debuginfo=0", "-C", "prefer-dynamic", "-C", "rpath"]
+    steps = []
+    if not has_tests or not _RS_EMPTY_MAIN.search(program):
+        steps += [_Step([*rustc, "-o", "prog", src.name], lim.compile_timeout_s, "compile"),
+                  _Step(["./prog"], lim.timeout_s, "run")]
+    if has_tests:
+        steps += [_Step([*rustc, "--test", "-o", "tests", src.name], lim.compile_timeout_s, "compile"),
+                  _Step(["./tests", "--test-threads=1"], lim.timeout_s, "test")]
+    return steps
 
 
 def _rs_classify(step: _Step, rc: int, out: str, err: str) -> str:
     if step.kind == "compile":
         return "passed" if rc == 0 else "compile_error"
     if rc == 0:
-        return "passed"
-    if "panicked" in err and "assertion" in err:
+        # A test binary that ran nothing proved nothing (e.g. its tests are commented out).
+        ran_none = step.kind == "test" and re.search(r"^running 0 tests$", out, re.MULTILINE) is not None
+        return "runtime_error" if ran_none else "passed"
+    if "panicked" in err and "assertion" in err:  # a test binary's panics are in its stdout, merged into err
         return "failed"
     return "runtime_error"
 
@@ -350,8 +378,9 @@ def _go_steps(exe: str, src: Path, lim: Limits) -> list[_Step]:
 def _go_classify(step: _Step, rc: int, out: str, err: str) -> str:
     both = out + err
     if rc == 0:
-        return "passed"
-    ran = "\nFAIL\tsandbox\t" in "\n" + both  # go test's summary line of a test binary that ran
+        return "runtime_error" if "[no tests to run]" in both else "passed"
+    # go test's summary line of a test binary that ran (the package is named after the work dir)
+    ran = re.search(r"^FAIL\t\S+\t", both, re.MULTILINE) is not None
     if "[build failed]" in both or "[setup failed]" in both or not ran:
         return "compile_error"
     if "panic: test timed out" in both:
@@ -369,6 +398,18 @@ LANGUAGES: dict[str, Language] = {
     "go": Language("go", "go", "golang-go", ("version",), "main_test.go", _go_steps, _go_classify),
 }
 assert tuple(LANGUAGES) == EXEC_LANGUAGES  # the toolchains of the languages the config accepts
+
+
+def go_package_installed(import_path: str) -> bool:
+    """Whether Go programs can import ``import_path``, a package outside the standard library: a
+    Debian ``golang-*-dev`` package installed it under :data:`GO_LIBRARIES`."""
+    return (GO_LIBRARIES / "src" / import_path).is_dir()
+
+
+def _go_libraries_digest() -> str:
+    """A hash of the package dirs under :data:`GO_LIBRARIES`: installing a library changes it."""
+    dirs = sorted(str(Path(d).relative_to(GO_LIBRARIES)) for d, _, _ in os.walk(GO_LIBRARIES))
+    return hashlib.sha256("\n".join(dirs).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- sandbox
@@ -630,7 +671,10 @@ class Sandbox:
                     step = _Step([exe, *lang.version_args], self.limits.compile_timeout_s, "probe")
                     rc, out, err, _ = self._run_step(step, work, slot)
                 if rc == 0:
-                    self._toolchains[lang.name] = (exe, out.strip() or err.strip())
+                    version = out.strip() or err.strip()
+                    if lang.name == "go":  # what programs can import is part of the toolchain
+                        version += f" + {GO_LIBRARIES}:{_go_libraries_digest()}"
+                    self._toolchains[lang.name] = (exe, version)
                     return self._toolchains[lang.name]
                 tried.append(f"{exe} (exit {rc}: {err.strip()[-200:]})")
             found = "; tried " + ", ".join(tried) if tried else ""
@@ -645,18 +689,19 @@ class Sandbox:
         return {
             "PATH": ":".join(dict.fromkeys([str(Path(exe).parent), "/usr/local/bin", "/usr/bin", "/bin"])),
             "HOME": str(work),
-            "TMPDIR": str(work / "tmp"),  # a subdir: go ignores a go.mod in the temp root
+            "TMPDIR": str(work / "tmp"),
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
-            # Go: offline, local toolchain, the worker's build cache (reused across programs).
+            # Go: offline, local toolchain, the worker's build cache (reused across programs). GOPATH
+            # mode: imports resolve to the standard library and Debian's Go libraries (read-only),
+            # with no go.mod and nothing to download.
             "GOCACHE": str(slot.gocache / "build"),
-            "GOPATH": str(slot.gocache / "gopath"),
+            "GOPATH": f"{slot.gocache / 'gopath'}:{GO_LIBRARIES}",
             "GOTMPDIR": str(work / "tmp"),
-            "GOFLAGS": "-mod=mod",
             "GOPROXY": "off",
             "GOTOOLCHAIN": "local",
             "GOTELEMETRY": "off",
-            "GO111MODULE": "on",
+            "GO111MODULE": "off",
             "CGO_ENABLED": "0",
             "GOMAXPROCS": "2",
         }
@@ -737,13 +782,8 @@ class Sandbox:
         with self._slot() as slot, self._workdir(slot) as work:
             src = work / lang.filename
             src.write_text(program, encoding="utf-8")
-            files = [src]
-            if language == "go":
-                (work / "go.mod").write_text("module sandbox\n\ngo 1.18\n")
-                files.append(work / "go.mod")
             if slot.uid is not None:
-                for f in files:
-                    os.chown(f, slot.uid, slot.uid)
+                os.chown(src, slot.uid, slot.uid)
             rc, out, err, outcome = None, "", "", "runtime_error"
             for step in lang.steps(exe, src, self.limits):
                 rc, out, err, left = self._run_step(step, work, slot)

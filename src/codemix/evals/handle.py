@@ -211,7 +211,9 @@ class Handle:
                 continue
             seqs = [list(requests[i][0]) + requests[i][1] for i in rows]
             ids, mask = _pad_right(seqs, self.pad_id)
-            logp = torch.log_softmax(self._logits(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            # no padding, no mask: the model keeps its plain causal attention (much cheaper on a CPU)
+            logits = self._logits(input_ids=ids, attention_mask=None if bool(mask.all()) else mask).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
             for r, i in enumerate(rows):
                 ctx, cont = requests[i]
                 pos = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont))

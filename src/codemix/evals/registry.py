@@ -11,14 +11,17 @@ this list: adding a benchmark is one module plus one line here.
 from __future__ import annotations
 
 from codemix.config import (
+    AdaptEvalConfig,
     BigbenchEvalConfig,
     CogsEvalConfig,
     CogsVfEvalConfig,
     MbppConfig,
+    MbppTransferEvalConfig,
     PassivizationEvalConfig,
     PerplexityEvalConfig,
+    SolutionsEvalConfig,
 )
-from codemix.evals import bigbench, cogs, mbpp, perplexity
+from codemix.evals import adapt, bigbench, cogs, mbpp, perplexity, solutions, transfer
 from codemix.evals.benchmark import Benchmark
 
 __all__ = ["BENCHMARKS"]
@@ -31,4 +34,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.config.section: b for b in (
     bigbench.Bigbench(BigbenchEvalConfig),
     perplexity.Perplexity(PerplexityEvalConfig),
     mbpp.Mbpp(MbppConfig),
+    solutions.Solutions(SolutionsEvalConfig),
+    transfer.MbppTransfer(MbppTransferEvalConfig),
+    adapt.Adapt(AdaptEvalConfig),
 )}

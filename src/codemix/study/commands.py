@@ -195,10 +195,10 @@ def mixture_table(plan: Plan) -> Table:
     for col, justify in (("mixture", "left"), ("source", "left"), ("target", "right"), ("realized", "right"),
                          ("diff", "right"), ("repetition", "right")):
         table.add_column(col, justify=justify)
-    by_label = {(lab["setting"], lab["m"], lab["baseline"]): job
+    by_label = {(lab["setting"], lab["m"], lab["baseline"], lab["arm"]): job
                 for job in plan.by_stage("mixture") for lab in job.labels}
     for spec in mixture_specs(cfg.mixtures):
-        info = read_json(plan.job_dir(by_label[(spec.setting, spec.m, spec.baseline)]) / "mixture.json")
+        info = read_json(plan.job_dir(by_label[(spec.setting, spec.m, spec.baseline, spec.arm)]) / "mixture.json")
         targets = source_targets(spec, cfg.mixtures, cfg.data)
         for name in info["sources"]:
             target, real = round(targets[name]), info["tokens"][name]
@@ -242,8 +242,8 @@ class StudyData:
     def heldout_dir(self, source: str) -> Path:
         return self.stream_dir(source) / "heldout"
 
-    def mixture_dir(self, setting: str, m: float, baseline: bool = False) -> Path:
-        return self.plan.job_dir(self._job("mixture", setting=setting, m=float(m), baseline=baseline))
+    def mixture_dir(self, setting: str, m: float, baseline: bool = False, arm: str | None = None) -> Path:
+        return self.plan.job_dir(self._job("mixture", setting=setting, m=float(m), baseline=baseline, arm=arm))
 
 
 def build_data(cfg: StudyConfig, *, console: Console | None = None) -> StudyData:
@@ -276,7 +276,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            "--gpus N (or executor.gpus_per_job) to train on N GPUs of this machine")
     cfg = load_study(args.study, args.overrides)
     plan = plan_study(cfg)
-    job = find_pretrain(plan, setting=args.setting, m=args.m, seed=args.seed, baseline=args.baseline)
+    job = find_pretrain(plan, setting=args.setting, m=args.m, seed=args.seed, baseline=args.baseline, arm=args.arm)
     if args.gpus is not None:
         job.gpus = args.gpus  # how many devices, not what is computed: not part of the key
     summary = run_targets(plan, [job], console=Console(stderr=True), fit_gpus=args.gpus is None)
@@ -340,7 +340,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             heldout = info.heldout if info else {}
         handle = load_handle(model, device=args.device) if bench.needs_model(cfg) else None
-        ctx = EvalContext(out_dir=out_dir, heldout=heldout, device=args.device, finetuned_out=finetuned_out)
+        ctx = EvalContext(out_dir=out_dir, heldout=heldout, device=args.device, finetuned_out=finetuned_out,
+                          sources=list(study.data.sources) if study is not None else [])
         rows = bench.evaluate(handle, cfg, ctx)
         labels, where = _labels(info), out_dir
     write_table(labelled(rows, labels), out)

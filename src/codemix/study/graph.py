@@ -52,17 +52,20 @@ def plan_study(cfg: StudyConfig, root: str | Path | None = None) -> Plan:
     return Plan(cfg=cfg, root=root, jobs=jobs)
 
 
-def find_pretrain(plan: Plan, *, setting: str, m: float, seed: int, baseline: bool = False) -> Job:
-    """The pretraining job that stands for (setting, m, baseline, seed); a clear error when none does."""
-    want = {"setting": setting, "m": float(m), "baseline": baseline, "seed": seed}
+def find_pretrain(plan: Plan, *, setting: str, m: float, seed: int, baseline: bool = False,
+                  arm: str | None = None) -> Job:
+    """The pretraining job that stands for (setting, m, baseline, seed, arm); a clear error when none does."""
+    want = {"setting": setting, "m": float(m), "baseline": baseline, "seed": seed, "arm": arm}
     for job in plan.by_stage("pretrain"):
         if any({k: lab.get(k) for k in want} == want for lab in job.labels):
             return job
     have = sorted({f"{lab['setting']}{' baseline' if lab['baseline'] else ''} m={lab['m']:g} seed={lab['seed']}"
+                   + (f" arm={lab['arm']}" if lab.get("arm") else "")
                    for j in plan.by_stage("pretrain") for lab in j.labels})
     raise CodemixError(f"study {plan.cfg.name!r} has no model for setting={setting} m={m:g} seed={seed}"
-                       f"{' (baseline)' if baseline else ''}; it has: {', '.join(have)}. Add the m to "
-                       "mixtures.m (or the seed to seeds) in the study file, or pick one of these")
+                       f"{' (baseline)' if baseline else ''}{f' arm={arm}' if arm else ''}; it has: "
+                       f"{', '.join(have)}. Add the m to mixtures.m (or the seed to seeds) in the study file, "
+                       "or pick one of these" + ("; with arms, name one with --arm" if plan.cfg.mixtures.arms else ""))
 
 
 # ----------------------------------------------------------------------------- `codemix study plan`

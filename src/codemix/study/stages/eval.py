@@ -56,7 +56,7 @@ def run(ctx: JobContext) -> None:
     handle = load_handle(checkpoint_of(ctx.input("checkpoint")), device=device) if bench.needs_model(section) else None
     heldout = {n: d / "heldout" for n, d in ctx.stream_dirs().items()}
     rows = bench.evaluate(handle, section, EvalContext(out_dir=ctx.out, heldout=heldout, device=device,
-                                                       progress=False))
+                                                       progress=False, sources=list(ctx.cfg.data.sources)))
     atomic_write_text(ctx.out / ROWS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
 
 

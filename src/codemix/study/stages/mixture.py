@@ -11,7 +11,7 @@ are reported under each label.
 from __future__ import annotations
 
 from codemix.config import StudyConfig
-from codemix.data.mixture import MixtureSpec, build_mixture, mixture_sequences, mixture_specs
+from codemix.data.mixture import MixtureSpec, build_mixture, mixture_name, mixture_sequences, mixture_specs
 from codemix.study.jobs import Job, JobContext
 
 __all__ = ["plan", "run", "spec_of"]
@@ -26,12 +26,15 @@ def plan(cfg: StudyConfig, streams: dict[str, Job]) -> list[Job]:
         key = {"sequences": sequences, "seq_len": seq_len, "max_repetition": cfg.mixtures.max_repetition,
                "seed": cfg.mixtures.seed}
         code = sum(n for s, n in sequences.items() if cfg.source(s).code)
-        name = "lang-only-m0" if code == 0 and spec.m == 0 else spec.name
+        if code:
+            name = spec.name
+        else:  # language only: the same mixture in every arm (and at m = 0 in every setting)
+            name = "lang-only-m0" if spec.m == 0 else mixture_name(spec.setting, spec.m, spec.baseline)
         job = Job.create("mixture", name, f"{__name__}:run", key,
                          {f"stream:{n}": j for n, j in streams.items()},  # mixture.json names every source
                          disk_bytes=sum(sequences.values()) * 16.0)
         job = jobs.setdefault(job.id, job)
-        label = {"setting": spec.setting, "m": spec.m, "baseline": spec.baseline}
+        label = {"setting": spec.setting, "m": spec.m, "baseline": spec.baseline, "arm": spec.arm}
         if label not in job.labels:
             job.labels.append(label)
     return list(jobs.values())
@@ -40,7 +43,7 @@ def plan(cfg: StudyConfig, streams: dict[str, Job]) -> list[Job]:
 def spec_of(job: Job) -> MixtureSpec:
     """The spec a mixture job builds: its first label (identical mixtures share one job)."""
     lab = job.labels[0]
-    return MixtureSpec(lab["setting"], float(lab["m"]), bool(lab["baseline"]))
+    return MixtureSpec(lab["setting"], float(lab["m"]), bool(lab["baseline"]), lab["arm"])
 
 
 def run(ctx: JobContext) -> None:
