@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ __all__ = [
     "COLUMNS",
     "OPTIONAL_COLUMNS",
     "RESULT_COLUMNS",
+    "ROWS_FILE",
+    "collect_rows",
     "labelled",
+    "read_rows",
     "write_table",
 ]
 
@@ -58,6 +62,27 @@ def labelled(rows: Iterable[dict[str, Any]], labels: Sequence[Labels]) -> list[d
                 "primary": bool(r.get("primary")),
             })
     return out
+
+
+#: The benchmark rows of one eval job directory (one JSON object per line).
+ROWS_FILE = "rows.jsonl"
+
+
+def read_rows(job_dir: Path) -> list[dict[str, Any]]:
+    """The benchmark rows an eval job wrote."""
+    return [json.loads(line) for line in (job_dir / ROWS_FILE).read_text().splitlines() if line.strip()]
+
+
+def collect_rows(study: str, evals: Iterable[tuple[Path, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """A study's result table: the rows of each eval job directory, once per label it stands for.
+
+    The one row collector: the analysis job, ``study status --export`` and the SQLite index
+    all use it, so every table of a study has the same rows and columns (:data:`COLUMNS`).
+    """
+    rows: list[dict[str, Any]] = []
+    for job_dir, labels in evals:
+        rows += labelled(read_rows(job_dir), [Labels.from_dict({**lab, "study": study}) for lab in labels])
+    return rows
 
 
 def write_table(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:

@@ -29,7 +29,7 @@ from codemix.errors import CodemixError
 from codemix.evals.benchmark import EvalContext, add_common_arguments
 from codemix.evals.handle import load_handle
 from codemix.evals.registry import BENCHMARKS
-from codemix.evals.rows import labelled, write_table
+from codemix.evals.rows import labelled, read_rows, write_table
 from codemix.io import atomic_dir, read_json
 from codemix.models import count_parameters
 from codemix.study.graph import find_pretrain, plan_study, print_plan
@@ -379,5 +379,5 @@ def _eval_in_study(plan: Plan, checkpoint: Job, cfg: Any, console: Console
     summary = run_targets(plan, [job], console=console, show_plan=False)
     _require(summary, plan, [job])
     labels = [Labels.from_dict({**lab, "study": cfg_study.name}) for lab in job.labels]
-    return eval_stage.read_rows(plan.job_dir(job)), labels, plan.job_dir(job)
+    return read_rows(plan.job_dir(job)), labels, plan.job_dir(job)
 

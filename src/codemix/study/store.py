@@ -20,11 +20,10 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from codemix.evals.rows import COLUMNS
+from codemix.evals.rows import COLUMNS, collect_rows
 from codemix.io import atomic_write_json, atomic_write_text
 from codemix.study.jobs import STAGES, Job, Plan
 from codemix.study.locks import lock_is_live
-from codemix.study.stages.analysis import collect_rows
 
 __all__ = [
     "Store",

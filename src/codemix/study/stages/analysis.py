@@ -1,7 +1,7 @@
 """The analysis stage: every result row of the study → regressions, permutation tests, report.
 
 Its key is the ``analysis`` section, the study name and the labels of every eval it reads.
-It collects the rows with the one row collector, writes them as ``results.csv`` and reads
+It collects the rows with the one row collector (:func:`codemix.evals.rows.collect_rows`), writes them as ``results.csv`` and reads
 them back exactly as ``codemix analyze`` reads a file, so the published report is the
 report of ``codemix study status --export`` → ``codemix analyze`` on the same rows.
 """
@@ -9,35 +9,18 @@ report of ``codemix study status --export`` → ``codemix analyze`` on the same 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
 
 from codemix.analysis.report import analyze, load_results
-from codemix.config import Labels, StudyConfig, save_config
-from codemix.evals.rows import labelled, write_table
+from codemix.config import StudyConfig, save_config
+from codemix.evals.rows import collect_rows, write_table
 from codemix.study.jobs import Job, JobContext
-from codemix.study.stages.eval import read_rows
 
-__all__ = ["CONTEXT_DIR", "RESULTS_FILE", "collect_rows", "plan", "run"]
+__all__ = ["CONTEXT_DIR", "RESULTS_FILE", "plan", "run"]
 
 RESULTS_FILE = "results.csv"
 CONTEXT_DIR = "context"
 #: Files of mixture and pretraining jobs that the report's study sections show.
 _RECORDS = {"mixture": "mixture.json", "pretrain": "log.jsonl"}
-
-
-def collect_rows(study: str, evals: Iterable[tuple[Path, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
-    """The study's result table: the rows of each eval job directory, once per label it stands for.
-
-    The one row collector: the analysis job, ``study status --export`` and the SQLite index
-    all use it, so every table of a study has the same rows and columns
-    (:data:`codemix.evals.rows.COLUMNS`).
-    """
-    rows: list[dict[str, Any]] = []
-    for job_dir, labels in evals:
-        rows += labelled(read_rows(job_dir), [Labels.from_dict({**lab, "study": study}) for lab in labels])
-    return rows
 
 
 def plan(cfg: StudyConfig, evals: list[Job], mixtures: list[Job], checkpoints: list[Job]) -> list[Job]:

@@ -4,27 +4,25 @@ The key is the benchmark's config section and the sizes of the data files it rea
 inputs are the checkpoint and, for a benchmark that reads held-out documents, the streams.
 The job writes the benchmark's rows (``rows.jsonl``: ``task, subtask, metric, value, n``
 [, ``question_type``, ``primary``]) and its details; the study's labels are added by the
-one row collector (:func:`codemix.study.store.collect_rows`).
+one row collector (:func:`codemix.evals.rows.collect_rows`).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from codemix.config import BenchmarkConfig, StudyConfig
 from codemix.data.fetch import file_sizes
 from codemix.evals.benchmark import EvalContext
 from codemix.evals.handle import load_handle
 from codemix.evals.registry import BENCHMARKS
+from codemix.evals.rows import ROWS_FILE
 from codemix.io import atomic_write_text
 from codemix.models import count_parameters
 from codemix.study.jobs import Job, JobContext
 from codemix.study.stages.pretrain import checkpoint_of
 
-__all__ = ["ROWS_FILE", "eval_job", "plan", "read_rows", "run"]
-
-ROWS_FILE = "rows.jsonl"
+__all__ = ["eval_job", "plan", "run"]
 
 
 def eval_job(cfg: StudyConfig, checkpoint: Job, section: BenchmarkConfig, streams: dict[str, Job], *,
@@ -58,8 +56,3 @@ def run(ctx: JobContext) -> None:
     rows = bench.evaluate(handle, section, EvalContext(out_dir=ctx.out, heldout=heldout, device=device,
                                                        progress=False, sources=list(ctx.cfg.data.sources)))
     atomic_write_text(ctx.out / ROWS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def read_rows(job_dir) -> list[dict[str, Any]]:
-    """The benchmark rows an eval job wrote."""
-    return [json.loads(line) for line in (job_dir / ROWS_FILE).read_text().splitlines() if line.strip()]
