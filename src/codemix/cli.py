@@ -105,14 +105,17 @@ def build_parser(*, evals: bool = True) -> argparse.ArgumentParser:
         importlib.import_module("codemix.study.commands").add_eval_parsers(ev)
 
     # analyze
-    p = sub.add_parser("analyze", help="regressions, permutation tests, figures and report from result rows",
+    p = sub.add_parser("analyze", help="findings, regressions, permutation tests, figures and report from result rows",
                        description="Read tidy result rows (CSV/Parquet with columns study, setting, m, baseline, "
-                                   "seed, task, subtask, metric, value, n) and write regressions.csv, "
-                                   "permutation.csv and report/index.html.")
-    p.add_argument("results", help="results .csv or .parquet")
+                                   "seed, task, subtask, metric, value, n) and write findings.csv, regressions.csv, "
+                                   "permutation.csv and report/index.html. Several files are compared as arms "
+                                   "(each named by its arm column, else its study name or file stem).")
+    p.add_argument("results", nargs="+", help="results .csv or .parquet; several files: one arm each")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--permutations", type=int, default=10_000, help="permutations per test (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutation tests")
+    p.add_argument("--control-draws", type=int, default=None,
+                   help="control shuffles per permutation test; the report gives the median p (default 21)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutation tests and seed resamples")
     p.add_argument("--study-dir", help="study output directory: adds config, mixture table and loss curves")
     p.set_defaults(func=_lazy("codemix.analysis.report:cmd_analyze"))
 

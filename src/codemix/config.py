@@ -551,8 +551,10 @@ EvalsConfig = create_model(
 class AnalysisConfig(_Config):
     permutations: int = Field(10_000, gt=0)
     """Permutations for the slope-distribution tests (Petty et al. §5.1)."""
+    control_draws: int = Field(21, gt=0, le=1000)
+    """Control shuffles per permutation test; the report gives the median p over them."""
     seed: int = 0
-    """Seed of the permutation tests."""
+    """Seed of the permutation tests and of the seed resamples."""
 
 
 class ExecutorConfig(_Config):

@@ -35,7 +35,11 @@ def _as_text(v):
 
 @st.composite
 def tables(draw):
-    """(table, file suffix, whether analyze must succeed: True, False or None for either)."""
+    """(tables, file suffix, whether analyze must succeed: True, False or None for either).
+
+    Usually one table; sometimes two arms, as a second file (``codemix analyze A B``) or as a
+    second arm in an ``arm`` column of the one table.
+    """
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     # Small on purpose: every figure of the report costs a few tenths of a second to render.
     tasks = draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=2, unique=True))
@@ -101,7 +105,7 @@ def tables(draw):
     if fault is not None:
         ok = False
     if fault == "m_in_percent":
-        df["m"] = pd.to_numeric(df["m"]) * 100 + 1
+        df["m"] = pd.to_numeric(df["m"]) * 100 + 5  # 25 % spelled 25 (and m = 0 as 5: out of range too)
     elif fault == "value_not_a_number":
         df["value"] = df["value"].astype(object)
         df.loc[0, "value"] = "about 0.5"  # not "n/a": read_csv takes that for a missing value
@@ -124,7 +128,22 @@ def tables(draw):
         df["value"] = np.nan
     if draw(st.booleans()):
         df = df.sample(frac=1.0, random_state=int(rng.integers(2**31)))  # row order carries no meaning
-    return df, draw(st.sampled_from([".csv", ".csv", ".parquet"])), ok
+    arms = draw(st.sampled_from(["one"] * 3 + ["two_files", "arm_column"]))
+    frames = [df]
+    if arms != "one":
+        # A second arm: with several tasks, the tasks are split between the arms (units in one arm only);
+        # with one, the same design with other values (units in both arms, compared).
+        if "task" in df and df["task"].nunique() > 1:
+            second = (df["task"] != df["task"].iloc[0]).to_numpy()
+            first_part, second_part = df[~second], df[second]
+        else:
+            first_part = df
+            second_part = df.assign(value=pd.to_numeric(df["value"], errors="coerce") * 0.5) if "value" in df else df
+        if arms == "arm_column":
+            frames = [pd.concat([first_part.assign(arm="first"), second_part.assign(arm="second")], ignore_index=True)]
+        else:
+            frames = [first_part, second_part.assign(arm="second") if "arm" in second_part else second_part]
+    return frames, draw(st.sampled_from([".csv", ".csv", ".parquet"])), ok
 
 
 def _run(args: list[str]) -> tuple[int, str]:
@@ -141,18 +160,21 @@ def wide_console(monkeypatch):
     monkeypatch.setenv("COLUMNS", "100000")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=tables())
 def test_analyze_answers_any_table_with_a_report_or_one_error_line(case, wide_console):
-    df, suffix, ok = case
+    frames, suffix, ok = case
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"results{suffix}"
-        if suffix == ".csv":
-            df.to_csv(path, index=False)
-        else:  # Parquet needs one type per column: mixed ones (bool and None, float and "n/a") go as text
-            df.assign(**{c: df[c].map(_as_text) for c in df.columns if df[c].dtype == object}).to_parquet(path)
+        paths = []
+        for k, df in enumerate(frames):
+            path = Path(tmp) / f"results{k or ''}{suffix}"
+            if suffix == ".csv":
+                df.to_csv(path, index=False)
+            else:  # Parquet needs one type per column: mixed ones (bool and None, float and "n/a") go as text
+                df.assign(**{c: df[c].map(_as_text) for c in df.columns if df[c].dtype == object}).to_parquet(path)
+            paths.append(str(path))
         out = Path(tmp) / "out"
-        rc, err = _run(["analyze", str(path), "--out", str(out), "--permutations", "50"])
+        rc, err = _run(["analyze", *paths, "--out", str(out), "--permutations", "50", "--control-draws", "3"])
         assert rc in (0, 2)
         if rc == 0:
             assert (out / "report" / "index.html").is_file() and (out / "regressions.csv").is_file()

@@ -156,11 +156,19 @@ def test_no_effect_gives_uniform_looking_p_values():
     rng = np.random.default_rng(123)
     df = pd.concat([make_results(units, baselines=False, seeds=2, rng=rng).query("setting == 'competitive'")
                     .assign(setting=f"s{k:02d}") for k in range(80)], ignore_index=True)
-    res = code_effect_test(df, n_resamples=199, statistics=["mean"], rng=0)
+    res = code_effect_test(df, n_resamples=199, statistics=["mean"], control_draws=1, rng=0)
     pvals = res.table["p_value"].to_numpy()
     assert len(pvals) == 80
     assert stats.kstest(pvals, "uniform").pvalue > 0.01
     assert np.mean(pvals < 0.05) <= 0.15
+    # The median over 21 control draws is no longer uniform: the draws share the treatment slopes,
+    # and their median concentrates towards 1/2, so small medians are rarer than under one draw.
+    # P(median ≤ α) ≤ 2α always (Markov on the count of draws with p ≤ α); here well below α.
+    many = code_effect_test(df, n_resamples=199, statistics=["mean"], control_draws=21, rng=0)
+    median = many.table["p_value"].to_numpy()
+    assert np.mean(median < 0.05) <= np.mean(pvals < 0.05) + 0.0125  # at most one more of 80
+    assert np.std(median) < np.std(pvals)
+    assert ((many.table["p_q25"] <= median) & (median <= many.table["p_q75"])).all()
 
 
 def test_per_question_type_cells_and_too_few_tasks():
@@ -170,8 +178,8 @@ def test_per_question_type_cells_and_too_few_tasks():
     cells = set(zip(res.table["setting"], res.table["question_type"], strict=True))
     assert cells == {(s, q) for s in ("additive", "competitive") for q in ("all", "multiple_choice")}
     assert any("generative: 1 task(s)" in n for n in res.notes)
-    assert list(res.table.columns[:6]) == ["setting", "question_type", "statistic", "observed", "p_value",
-                                           "n_permutations"]
+    assert list(res.table.columns[:8]) == ["arm", "setting", "question_type", "statistic", "observed", "p_value",
+                                           "p_holm", "p_fdr"]
     exact = res.table[res.table["question_type"] == "multiple_choice"]
     assert exact["exact"].all() and (exact["n_permutations"] == 6).all()  # C(4, 2) partitions
 
@@ -197,3 +205,59 @@ def test_empty_after_filtering_gives_empty_tables():
     res = code_effect_test(df, n_resamples=10)
     assert len(res.table) == 0 and len(res.slopes) == 0 and res.tests == {}
     assert isinstance(res.slopes, pd.DataFrame)
+
+
+# ---------------------------------------------------------------- control draws (issue 17)
+
+
+def test_each_control_draw_is_the_test_of_that_draw():
+    # 5 + 5 slopes: C(10, 5) = 252 partitions, enumerated, so every draw's test is exact and must
+    # equal slope_permutation_test on that draw alone (which scipy's test is checked against above).
+    from codemix.analysis.permutation import _draws_test
+
+    rng = np.random.default_rng(4)
+    t, controls = rng.normal(0.3, 1, 5), rng.normal(0, 1, (7, 5))
+    observed, pvalues, null, exact = _draws_test(t, controls, STATISTICS, 1000, np.random.default_rng(0))
+    assert exact and pvalues.shape == (len(STATISTICS), 7) and null.shape == (len(STATISTICS), 7, 252)
+    for r, c in enumerate(controls):
+        one = slope_permutation_test(t, c, n_resamples=1000)
+        np.testing.assert_allclose(observed[:, r], one.observed, rtol=1e-12)
+        np.testing.assert_allclose(pvalues[:, r], one.pvalues, atol=1e-12)
+        np.testing.assert_allclose(np.sort(null[:, r], axis=1), np.sort(one.null_distribution, axis=1),
+                                   rtol=1e-9, atol=1e-12)
+
+
+def test_control_draws_share_their_partitions():
+    # Randomized test, identical control draws: with common re-partitions every draw gets the same p.
+    from codemix.analysis.permutation import _draws_test
+
+    rng = np.random.default_rng(5)
+    t, c = rng.normal(0.3, 1, 30), rng.normal(0, 1, 30)
+    _, pvalues, _, exact = _draws_test(t, np.stack([c, c, c]), STATISTICS, 300, np.random.default_rng(1))
+    assert not exact and (pvalues == pvalues[:, :1]).all()
+
+
+def test_table_reports_the_median_draw_and_the_spread():
+    units = {(f"t{i}", "", "acc"): s for i, s in enumerate(np.linspace(-0.05, 0.15, 12))}
+    res = code_effect_test(make_results(units, baselines=False, rng=3), n_resamples=300, control_draws=9, rng=0)
+    for (arm, setting, qtype), draws in res.draw_pvalues.items():
+        assert draws.shape == (9, len(STATISTICS))
+        rows = res.table[(res.table["setting"] == setting) & (res.table["question_type"] == qtype)]
+        np.testing.assert_allclose(rows["p_value"], np.median(draws, axis=0))
+        np.testing.assert_allclose(rows["p_q25"], np.quantile(draws, 0.25, axis=0))
+        np.testing.assert_allclose(rows["p_q75"], np.quantile(draws, 0.75, axis=0))
+        test = res.tests[(arm, setting, qtype)]
+        np.testing.assert_array_equal(test.pvalues, rows["p_value"])  # the figure shows the median draw
+        assert (rows["control_draws"] == 9).all()
+
+
+def test_median_p_moves_less_with_the_seed_than_one_draw():
+    # One control shuffle per task makes p depend on --seed; the median over 21 draws much less so.
+    units = {(f"t{i}", "", "acc"): s for i, s in enumerate(np.linspace(-0.02, 0.06, 10))}
+    df = make_results(units, baselines=False, seeds=2, noise=0.05, rng=8).query("setting == 'competitive'")
+    spread = {}
+    for draws in (1, 21):
+        p = [code_effect_test(df, n_resamples=400, statistics=["mean"], control_draws=draws, rng=s)
+             .table["p_value"].iloc[0] for s in range(12)]
+        spread[draws] = np.std(p)
+    assert spread[21] < 0.6 * spread[1], spread

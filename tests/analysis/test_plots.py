@@ -40,8 +40,8 @@ def test_regression_figures_draw_the_fitted_lines():
 def test_effect_figures_show_observed_statistics():
     res = code_effect_test(make_results(UNITS, question_types=QT), n_resamples=50, rng=0)
     figs = null_distribution_figures(res)
-    assert [t for t, _ in figs] == [f"{s} · {q}" for s, q in sorted(res.tests)]
-    (_setting, _qtype), test = min(res.tests.items())
+    assert [t for t, _ in figs] == [f"{s} · {q}" for _, s, q in sorted(res.tests)]
+    (_arm, _setting, _qtype), test = min(res.tests.items())
     axes = figs[0][1].axes
     assert len(axes) == 5
     for ax, obs, p in zip(axes, test.observed, test.pvalues, strict=True):

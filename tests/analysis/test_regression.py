@@ -20,6 +20,7 @@ UNITS = {("cogs", "lexical", "exact_match"): 0.3, ("cogs", "structural", "exact_
 
 
 def _group(df: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    df = df if "arm" in df.columns else df.assign(arm="")  # no arm column: every row in arm ""
     mask = np.logical_and.reduce([df[k] == v for k, v in zip(GROUP_KEYS, key, strict=True)])
     return df[mask]
 

@@ -21,8 +21,8 @@ QT = {"cogs": "generative", "bigbench": "multiple_choice"}
 UNITS = {("cogs", "lexical", "exact_match"): 0.3, ("cogs", "structural", "exact_match"): 0.02,
          **{("bigbench", f"t{i}", "mcg"): 0.05 * (i - 2) for i in range(5)}}
 REGRESSION_COLUMNS = ["task", "subtask", "metric", "setting", "baseline", "beta", "alpha", "r2", "se_beta",
-                      "p_beta", "ci_low", "ci_high", "n"]
-PERMUTATION_COLUMNS = ["setting", "question_type", "statistic", "observed", "p_value", "n_permutations"]
+                      "p_beta", "p_holm", "p_fdr", "ci_low", "ci_high", "n"]
+PERMUTATION_COLUMNS = ["setting", "question_type", "statistic", "observed", "p_value", "p_holm", "p_fdr"]
 
 
 def _write_study(root: Path) -> None:
@@ -58,10 +58,10 @@ def test_writes_the_promised_files_and_columns(study):
     root, results, _res = study
     out = root / "out"
     reg = pd.read_csv(out / "regressions.csv")
-    assert list(reg.columns[:13]) == REGRESSION_COLUMNS
+    assert list(reg.columns[:15]) == REGRESSION_COLUMNS  # no arm column: the rows name no arm
     assert len(reg) == len(UNITS) * 3 and reg["n"].sum() == len(results) - 1
     perm = pd.read_csv(out / "permutation.csv")
-    assert list(perm.columns[:6]) == PERMUTATION_COLUMNS
+    assert list(perm.columns[:7]) == PERMUTATION_COLUMNS
     assert set(perm["question_type"]) == {"all", "generative", "multiple_choice"}
     # "all" and multiple-choice cells: 7 and 5 tasks, C(14, 7), C(10, 5) > 200 partitions, so randomized;
     # generative: 2 tasks, C(4, 2) = 6 partitions, all enumerated.

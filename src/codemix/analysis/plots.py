@@ -18,6 +18,7 @@ import io
 from collections.abc import Mapping
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -79,15 +80,16 @@ def _fixed_grid_figure(rows: int, cols: int, *, panel: tuple[float, float], top:
 
 
 def regression_figures(reg: RegressionResult, *, max_panels: int = 16) -> list[tuple[str, str, Figure]]:
-    """Value vs m, one panel per (subtask, metric), one figure per task (Figs. 2, 5, 6).
+    """Value vs m, one panel per (subtask, metric), one figure per task and arm (Figs. 2, 5, 6).
 
     Each (setting, baseline) series shows the seed-level points, the mean ± sd over seeds
     at each m and its fitted line ``alpha + beta * m``. Tasks with more panels than
-    ``max_panels`` are split over several figures. Returns ``(task, title, figure)`` triples.
+    ``max_panels`` are split over several figures; with arms, each arm has its own figures
+    (titled ``task · arm``). Returns ``(task, title, figure)`` triples.
     """
     out, others = [], {}
-    fits = reg.table.set_index(["task", "subtask", "metric", "setting", "baseline"])
-    for task, task_pts in reg.points.groupby("task", sort=True):
+    fits = reg.table.set_index(["arm", "task", "subtask", "metric", "setting", "baseline"])
+    for (task, arm), task_pts in reg.points.groupby(["task", "arm"], sort=True):
         panels = task_pts[["subtask", "metric"]].drop_duplicates().sort_values(["subtask", "metric"])
         panel_list = list(panels.itertuples(index=False))
         chunks = [panel_list[i:i + max_panels] for i in range(0, len(panel_list), max_panels)]
@@ -108,7 +110,7 @@ def regression_figures(reg: RegressionResult, *, max_panels: int = 16) -> list[t
                     h = ax.errorbar(agg["m"], agg["mean"], yerr=agg["std"].fillna(0), fmt=style["marker"],
                                     color=style["color"], ms=4, capsize=2, lw=1,
                                     mfc="white" if baseline else style["color"])
-                    key = (task, subtask, metric, setting, bool(baseline))
+                    key = (arm, task, subtask, metric, setting, bool(baseline))
                     if key in fits.index and np.isfinite(fits.loc[key, "beta"]):
                         fit = fits.loc[key]
                         xs = np.array([s["m"].min(), s["m"].max()])
@@ -124,7 +126,8 @@ def regression_figures(reg: RegressionResult, *, max_panels: int = 16) -> list[t
                 ax.grid(alpha=0.3)
             for ax in axes[len(chunk):]:
                 ax.set_visible(False)
-            title = task if len(chunks) == 1 else f"{task} ({k + 1}/{len(chunks)})"
+            name = f"{task} · {arm}" if arm else task
+            title = name if len(chunks) == 1 else f"{name} ({k + 1}/{len(chunks)})"
             fig.suptitle(_plain(title), fontsize=11)
             fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
                        ncols=legend_cols, fontsize=8, frameon=False)
@@ -141,19 +144,19 @@ def _kde(ax, values: np.ndarray, grid: np.ndarray, **style) -> None:
 
 
 def slope_kde_figure(effect: CodeEffectResult) -> Figure:
-    """Density of treatment vs control slopes, per setting × question type (Fig. 7)."""
-    cells = sorted(effect.tests) or [("(none)", "all")]
-    settings = sorted({s for s, _ in cells})
-    qtypes = ["all", *sorted({q for _, q in cells if q != "all"})]
-    fig = _fixed_grid_figure(len(settings), len(qtypes), panel=(3.6, 2.5), top=0.75, bottom=0.55)
-    axes = np.reshape(fig.axes, (len(settings), len(qtypes)))
-    for i, setting in enumerate(settings):
+    """Density of treatment vs control slopes (first control draw), per arm × setting × question type (Fig. 7)."""
+    cells = sorted(effect.tests) or [("", "(none)", "all")]
+    rows = sorted({(a, s) for a, s, _ in cells})
+    qtypes = ["all", *sorted({q for _, _, q in cells if q != "all"})]
+    fig = _fixed_grid_figure(len(rows), len(qtypes), panel=(3.6, 2.5), top=0.75, bottom=0.55)
+    axes = np.reshape(fig.axes, (len(rows), len(qtypes)))
+    for i, (arm, setting) in enumerate(rows):
         for j, qtype in enumerate(qtypes):
             ax = axes[i, j]
-            if (setting, qtype) not in effect.tests:
+            if (arm, setting, qtype) not in effect.tests:
                 ax.set_visible(False)
                 continue
-            sub = effect.slopes[effect.slopes["setting"] == setting]
+            sub = effect.slopes[(effect.slopes["setting"] == setting) & (effect.slopes["arm"] == arm)]
             if qtype != "all":
                 sub = sub[sub["question_type"] == qtype]
             t, c = sub["treatment"].to_numpy(), sub["control"].to_numpy()
@@ -165,7 +168,8 @@ def slope_kde_figure(effect: CodeEffectResult) -> Figure:
             ax.plot(t, np.zeros_like(t), "|", color="#d62728", ms=8, alpha=0.6)
             ax.plot(c, np.zeros_like(c), "|", color="#555555", ms=5, alpha=0.6)
             ax.axvline(0, color="black", lw=0.6, alpha=0.5)
-            ax.set_title(_plain(f"{setting} · {qtype} ({len(t)} tasks)"), fontsize=9)
+            where = f"{arm} · {setting}" if arm else setting
+            ax.set_title(_plain(f"{where} · {qtype} ({len(t)} tasks)"), fontsize=9)
             ax.set_xlabel("slope β̂ (value per unit m)", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(5))
@@ -175,17 +179,22 @@ def slope_kde_figure(effect: CodeEffectResult) -> Figure:
 
 
 def null_distribution_figures(effect: CodeEffectResult) -> list[tuple[str, Figure]]:
-    """Permutation null distributions with the observed Δ and its p-value (Fig. 8)."""
+    """Permutation null distributions with the observed Δ and its p-value (Fig. 8).
+
+    Each panel shows the median control draw of its statistic (the draw whose p is the median
+    over draws); its title gives that p and the interquartile range of p over all draws.
+    """
     out = []
-    for (setting, qtype), res in sorted(effect.tests.items()):
+    for (arm, setting, qtype), res in sorted(effect.tests.items()):
+        draws = effect.draw_pvalues.get((arm, setting, qtype))
         k = len(res.statistics)
         # Fixed margins instead of constrained layout: these small multiples all look alike,
         # and solving the layout would double the cost of a report with many cells.
         fig = Figure(figsize=(2.9 * k, 2.7))
         fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.72, wspace=0.3)
         axes = fig.subplots(1, k, squeeze=False)[0]
-        for ax, name, obs, p, null in zip(axes, res.statistics, res.observed, res.pvalues,
-                                          res.null_distribution, strict=True):
+        for i, (ax, name, obs, p, null) in enumerate(zip(axes, res.statistics, res.observed, res.pvalues,
+                                                         res.null_distribution, strict=True)):
             finite = null[np.isfinite(null)]
             edges = np.linspace(finite.min(), finite.max(), 41) if len(finite) else np.zeros(2)
             if (np.diff(edges) > 0).all():
@@ -195,12 +204,18 @@ def null_distribution_figures(effect: CodeEffectResult) -> list[tuple[str, Figur
                 ax.axvline(finite[0], color="#9ecae1", lw=6)
             if np.isfinite(obs):
                 ax.axvline(obs, color="#d62728", lw=1.8)
-            ax.set_title(f"{_STAT_LABELS.get(name, name)}\np = {p:.3g}", fontsize=9)
+            spread = ""
+            if draws is not None and len(draws) > 1 and np.isfinite(draws[:, i]).any():
+                lo, hi = np.quantile(draws[np.isfinite(draws[:, i]), i], [0.25, 0.75])
+                spread = f" (IQR {lo:.2g}–{hi:.2g})"
+            ax.set_title(f"{_STAT_LABELS.get(name, name)}\np = {p:.3g}{spread}", fontsize=9)
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.yaxis.set_major_locator(MaxNLocator(4))
             ax.tick_params(labelsize=7)
         kind = "exact" if res.exact else f"{res.n_resamples} permutations"
-        title = f"{setting} · {qtype}"
+        if draws is not None and len(draws) > 1:
+            kind += f", median of {len(draws)} control draws"
+        title = f"{arm} · {setting} · {qtype}" if arm else f"{setting} · {qtype}"
         fig.suptitle(_plain(f"Null distributions, {title} ({kind})"), fontsize=10)
         out.append((title, fig))
     return out
@@ -223,7 +238,9 @@ def loss_curve_figure(curves: Mapping[str, pd.DataFrame]) -> Figure:
 
 def figure_bytes(fig: Figure, fmt: str = "png", *, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=dpi)
+    # SVG text as <text> elements, not glyph outlines: searchable, smaller and faster to write.
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format=fmt, dpi=dpi)
     return buf.getvalue()
 
 

@@ -56,4 +56,4 @@ def run(ctx: JobContext) -> None:
             shutil.copyfile(path / record, target / record)
     a = ctx.cfg.analysis
     analyze(load_results(ctx.out / RESULTS_FILE), ctx.out, permutations=a.permutations, seed=a.seed,
-            study_dir=context)
+            control_draws=a.control_draws, study_dir=context)
