@@ -532,6 +532,96 @@ class AdaptEvalConfig(BenchmarkConfig, section="adapt"):
         return sorted(set(v))
 
 
+#: Languages of the vulnerability sets (SOURCES.md, `vuln/`), and the aliases accepted for them.
+VULN_LANGUAGES = ("c", "cpp", "java", "python", "go", "rust", "javascript", "csharp", "php")
+_VULN_ALIASES = {"c++": "cpp", "cc": "cpp", "cxx": "cpp", "py": "python", "python3": "python", "golang": "go",
+                 "rs": "rust", "js": "javascript", "c#": "csharp", "cs": "csharp"}
+VULN_SETS = ("juliet_c", "juliet_java", "owasp_java", "owasp_python", "sven", "cweval", "gosec", "cyberseceval")
+
+
+def normalize_vuln_language(name: str) -> str:
+    """A language of :data:`VULN_LANGUAGES` for a name or alias (``c++``, ``py``, ``golang``, ``rs``)."""
+    key = _VULN_ALIASES.get(name.lower(), name.lower())
+    if key not in VULN_LANGUAGES:
+        raise ValueError(f"unknown language {name!r}; expected one of {', '.join(VULN_LANGUAGES)}")
+    return key
+
+
+class VulnEvalConfig(BenchmarkConfig, section="vuln"):
+    """Vulnerability detection in languages unseen in finetuning: a classifier finetuned on some languages, F1, precision, recall, balanced accuracy and AUROC on others."""
+
+    train_langs: list[str] = Field(default_factory=lambda: ["c", "cpp", "java"])
+    """Languages the classifier is finetuned on; their held-out groups are scored too (in-language)."""
+    test_langs: list[str] | None = None
+    """Languages it is tested on, none of them a train language (default: python, go; with `test_data`: the file's languages). A language with vulnerable examples only (rust, from CyberSecEval) gets recall alone."""
+    sets: list[Literal[VULN_SETS]] = Field(default_factory=lambda: list(VULN_SETS))
+    """Built-in sets: Juliet C/C++ and Java (functions), OWASP Benchmark Java and Python, SVEN (Python, C, C++), CWEval, gosec (Go), CyberSecEval (positives only: used only for languages that no other chosen set covers, e.g. rust)."""
+    test_data: str | None = None
+    """A JSONL file of test examples (`lang`, `label`, `code`; optional `cwe`, `group`, `id`), used instead of the built-in sets for testing."""
+    heldout: float = Field(0.2, gt=0, lt=1)
+    """Share of each training set's groups (Juliet families, fixes, tasks) held out to score the train languages in-language, drawn with `seed`."""
+    limit: int | None = Field(None, gt=0)
+    """At most this many examples per test language and per held-out train language (a seeded draw)."""
+    max_tokens: int = Field(512, ge=8)
+    """Tokens of code per example (longer code keeps its start); at most the model's context and pretraining length."""
+    finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(
+        steps=500, batch_size=16, lr=1.0e-4, warmup_steps=50))
+    """Classification finetuning of the model and a linear head on its pooled hidden states (decoder: last token; T5: mean of the encoder states): steps, batch_size, lr, warmup_steps, max_train_examples, seed (`eval_every` is not used)."""
+    probe: bool = False
+    """Train the head alone on frozen (standardized) features instead of finetuning end to end."""
+    probe_lr: float = Field(1.0e-2, gt=0)
+    """Learning rate of the head when `probe` is on."""
+    balance: Literal["weights", "sample", "none"] = "weights"
+    """Class imbalance of the training examples: loss weights inverse to class frequency, class-balanced batches, or none."""
+    batch_size: int = Field(32, gt=0)
+    """Examples per forward pass when scoring."""
+    min_cwe_examples: int = Field(20, gt=0)
+    """Per-CWE rows for each CWE with at least this many examples in a test language."""
+    shortcut: bool = True
+    """Also report a bag-of-tokens logistic regression (scikit-learn) trained and tested on the same splits: how much the surface form alone explains."""
+    variants: list[Literal["base", "security", "general"]] = Field(default_factory=lambda: ["base"])
+    """Continued pretraining before the classification finetuning, each variant from the same weights: base (none), security (`pretrain_tokens` of the train languages' vulnerable and fixed training code), general (as many tokens of general code: the study's code sources, else `general_code`). The first is the headline."""
+    pretrain_tokens: int = Field(100_000, gt=0)
+    """K: training tokens of the security and of the general continued pretraining (the same K and steps for both)."""
+    pretrain_seq_len: int | None = Field(None, gt=1)
+    """Tokens per continued-pretraining sequence (default: the model's pretraining length, at most 512)."""
+    pretrain_batch_size: int = Field(8, gt=0)
+    """Sequences per continued-pretraining step."""
+    pretrain_lr: float = Field(1.0e-4, gt=0)
+    """Continued-pretraining learning rate (constant after warmup)."""
+    pretrain_warmup_steps: int = Field(10, ge=0)
+    """Continued-pretraining warmup steps."""
+    general_code: list[str] = Field(default_factory=lambda: [
+        "code/code_python.jsonl.gz", "code/code_rust.jsonl.gz", "code/code_go.jsonl.gz"])
+    """General code (JSONL with a `text` field; globs allowed) when the model is not evaluated with its study's code sources."""
+    seed: int = 0
+    """Seed of the held-out split, the `limit` draws and the head's initialization."""
+
+    @field_validator("train_langs", "test_langs")
+    @classmethod
+    def _langs(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("at least one language is needed")
+        return list(dict.fromkeys(normalize_vuln_language(x) for x in v))
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one variant is needed (base: no continued pretraining)")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> VulnEvalConfig:
+        both = sorted(set(self.train_langs) & set(self.test_langs or ()))
+        if both:
+            raise ValueError(f"{', '.join(both)} both trained on and tested on; a train language is scored on its "
+                             "held-out groups anyway, so leave it out of test_langs")
+        return self
+
+
 class _EvalsBase(_Config):
     def enabled(self) -> dict[str, BenchmarkConfig]:
         """Benchmarks that are configured, by name."""

@@ -20,8 +20,9 @@ from codemix.config import (
     PassivizationEvalConfig,
     PerplexityEvalConfig,
     SolutionsEvalConfig,
+    VulnEvalConfig,
 )
-from codemix.evals import adapt, bigbench, cogs, mbpp, perplexity, solutions, transfer
+from codemix.evals import adapt, bigbench, cogs, mbpp, perplexity, solutions, transfer, vuln
 from codemix.evals.benchmark import Benchmark
 
 __all__ = ["BENCHMARKS"]
@@ -37,4 +38,5 @@ BENCHMARKS: dict[str, Benchmark] = {b.config.section: b for b in (
     solutions.Solutions(SolutionsEvalConfig),
     transfer.MbppTransfer(MbppTransferEvalConfig),
     adapt.Adapt(AdaptEvalConfig),
+    vuln.Vuln(VulnEvalConfig),
 )}
