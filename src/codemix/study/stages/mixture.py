@@ -26,10 +26,10 @@ def plan(cfg: StudyConfig, streams: dict[str, Job]) -> list[Job]:
         key = {"sequences": sequences, "seq_len": seq_len, "max_repetition": cfg.mixtures.max_repetition,
                "seed": cfg.mixtures.seed}
         code = sum(n for s, n in sequences.items() if cfg.source(s).code)
-        if code:
-            name = spec.name
-        else:  # language only: the same mixture in every arm (and at m = 0 in every setting)
-            name = "lang-only-m0" if spec.m == 0 else mixture_name(spec.setting, spec.m, spec.baseline)
+        # Names leave the arm out: adding arms to a study must not rename (rerun) its mixtures; the
+        # hash tells arms apart, the labels say which arm. Language-only mixtures are the same in
+        # every arm (and at m = 0 in every setting).
+        name = "lang-only-m0" if spec.m == 0 and not code else mixture_name(spec.setting, spec.m, spec.baseline)
         job = Job.create("mixture", name, f"{__name__}:run", key,
                          {f"stream:{n}": j for n, j in streams.items()},  # mixture.json names every source
                          disk_bytes=sum(sequences.values()) * 16.0)
