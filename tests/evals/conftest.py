@@ -36,6 +36,20 @@ def _train_in_study(raw: dict, study_file: Path, out: Path, *, setting: str, m: 
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory, data_dir):
+    """A real byte-level BPE (vocab 512) trained on a slice of the mirror's English and Python text."""
+    from codemix.config import DataConfig
+    from codemix.data.tokenizer import build_tokenizer, hf_tokenizer
+
+    cfg = DataConfig.model_validate({
+        "heldout_docs": 5, "tokenizer": {"vocab_size": 512, "sample_bytes_per_source": 100_000},
+        "sources": [{"name": "c4", "paths": ["nl_text/c4_sample_1000docs.json.gz"], "max_docs": 100},
+                    {"name": "python", "lang": "python", "code": True, "paths": ["code/code_python.jsonl.gz"],
+                     "max_docs": 60}]})
+    return hf_tokenizer(build_tokenizer(cfg, tmp_path_factory.mktemp("tok") / "tokenizer.json"))
+
+
 def read_table(path: Path) -> list[dict[str, str]]:
     """Rows of a result table, which has the contract columns (study, setting, m, ..., primary) in order."""
     from codemix.evals.rows import COLUMNS

@@ -12,24 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from codemix.config import DataConfig
-from codemix.data.tokenizer import build_tokenizer, hf_tokenizer
 from codemix.errors import CheckpointError
 from codemix.evals.handle import Handle, load_handle, save_tiny_model
 
 # One worker per module under `pytest -n 2 --dist loadgroup`: the module's fixtures are built once.
 pytestmark = pytest.mark.xdist_group("evals-handle")
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory, data_dir):
-    """A real byte-level BPE (vocab 512) trained on a slice of the mirror's English and Python text."""
-    cfg = DataConfig.model_validate({
-        "heldout_docs": 5, "tokenizer": {"vocab_size": 512, "sample_bytes_per_source": 100_000},
-        "sources": [{"name": "c4", "paths": ["nl_text/c4_sample_1000docs.json.gz"], "max_docs": 100},
-                    {"name": "python", "lang": "python", "code": True, "paths": ["code/code_python.jsonl.gz"],
-                     "max_docs": 60}]})
-    return hf_tokenizer(build_tokenizer(cfg, tmp_path_factory.mktemp("tok") / "tokenizer.json"))
-
 
 @pytest.fixture(scope="module")
 def gpt(tokenizer, tmp_path_factory) -> Handle:

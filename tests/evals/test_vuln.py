@@ -11,8 +11,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from codemix.cli import main
-from codemix.config import DataConfig, SourceConfig, VulnEvalConfig, configure
-from codemix.data.tokenizer import build_tokenizer, hf_tokenizer
+from codemix.config import SourceConfig, VulnEvalConfig, configure
 from codemix.data.vuln import Example, load_set
 from codemix.errors import CodemixError, ConfigError, DataError
 from codemix.evals.benchmark import EvalContext
@@ -31,17 +30,6 @@ QUICK = [*SMALL, "finetune.steps=60", "finetune.batch_size=16", "finetune.lr=1e-
          "max_tokens=96", "limit=200"]
 
 pytestmark = pytest.mark.xdist_group("evals-vuln")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory, data_dir):
-    """A real byte-level BPE (vocab 512) trained on a slice of the mirror's English and Python text."""
-    cfg = DataConfig.model_validate({
-        "heldout_docs": 5, "tokenizer": {"vocab_size": 512, "sample_bytes_per_source": 100_000},
-        "sources": [{"name": "c4", "paths": ["nl_text/c4_sample_1000docs.json.gz"], "max_docs": 100},
-                    {"name": "python", "lang": "python", "code": True, "paths": ["code/code_python.jsonl.gz"],
-                     "max_docs": 60}]})
-    return hf_tokenizer(build_tokenizer(cfg, tmp_path_factory.mktemp("tok") / "tokenizer.json"))
 
 
 @pytest.fixture(scope="module")
