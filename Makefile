@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 export CODEMIX_DATA ?= $(abspath ../shared/data)
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo system-deps clean
+.PHONY: install test demo system-deps gpu-bundle clean
 
 # The one install step: system toolchains, .venv, the project with test extras (CPU torch pinned here only).
 install: system-deps $(STAMP)
@@ -38,8 +38,13 @@ test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 demo: install
-	$(VENV)/bin/codemix data fetch --from ../shared/data cogs_vf bigbench mbpp multipl_e c4 code humaneval_x adapt
+	$(VENV)/bin/codemix data fetch --from ../shared/data cogs_vf bigbench mbpp multipl_e c4 code humaneval_x adapt vuln
 	$(VENV)/bin/codemix study run studies/demo.yaml
+
+# The bundle benchmarks/gpu_check.sh carries to a GPU machine (.device/, git-ignored, < 64 MiB): wheels
+# of the dependencies its image lacks and the data the check reads.
+gpu-bundle: install
+	$(PY) benchmarks/gpu_bundle.py
 
 clean:
 	rm -rf runs .pytest_cache

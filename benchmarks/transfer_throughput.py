@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from eval_throughput import _tiny_model
 
+    from codemix.config import SolutionsEvalConfig
     from codemix.evals.adapt import load_corpus, split_corpus
     from codemix.evals.handle import load_handle
-    from codemix.config import SolutionsEvalConfig
     from codemix.evals.solutions import load_solutions, score_solutions
     from codemix.train.finetune import continue_pretraining
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from codemix.config import StudyConfig
-from codemix.study.jobs import Job, Plan
+from codemix.study.jobs import Job, Pack, Plan
 
 
 def _note_call(ctx) -> None:
@@ -41,11 +41,26 @@ def value_job(ctx) -> None:
         (ctx.out / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def value_pack(ctxs) -> None:
+    """A pack's function: one call (noted as ``pack:<id>,<id>``) that runs every member's :func:`value_job`."""
+    calls = os.environ.get("CODEMIX_TEST_CALLS")
+    if calls:
+        with open(calls, "a") as f:
+            f.write("pack:" + ",".join(c.job.id for c in ctxs) + "\n")
+    for ctx in ctxs:
+        value_job(ctx)
+
+
 FN = "study.jobfns:value_job"
+PACK_FN = "study.jobfns:value_pack"
 
 
-def toy_plan(root: Path, *, n: int = 3, sleep: float = 0.0, fail: set[int] = frozenset(), name: str = "toy") -> Plan:
-    """tokenizer → n streams → n evals (one per stream) → analysis; job i of streams may fail."""
+def toy_plan(root: Path, *, n: int = 3, sleep: float = 0.0, fail: set[int] = frozenset(), name: str = "toy",
+             pack: bool = False) -> Plan:
+    """tokenizer → n streams → n evals (one per stream) → analysis; job i of streams may fail.
+
+    ``pack``: the streams are one pack (:class:`~codemix.study.jobs.Pack` run by :func:`value_pack`).
+    """
     cfg = StudyConfig(name=name, out=str(root))
     jobs: dict[str, Job] = {}
 
@@ -62,7 +77,8 @@ def toy_plan(root: Path, *, n: int = 3, sleep: float = 0.0, fail: set[int] = fro
                                     {"stream": s},
                                     labels=[{"setting": "competitive", "m": i / 10, "baseline": False, "seed": 0}])))
     add(Job.create("analysis", "all", FN, {"value": 0}, {f"eval:{e.id}": e for e in evals}))
-    return Plan(cfg=cfg, root=Path(root), jobs=jobs)
+    streams = tuple(j.id for j in jobs.values() if j.stage == "stream")
+    return Plan(cfg=cfg, root=Path(root), jobs=jobs, packs=[Pack(PACK_FN, streams)] if pack else [])
 
 
 def values(plan: Plan) -> dict[str, float]:

@@ -7,6 +7,7 @@ runs use one torch thread (OMP_NUM_THREADS=1) so both are bitwise comparable.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -95,6 +96,8 @@ def test_study_end_to_end_with_kills(tmp_path, data_dir, capsys):
     assert (tmp_path / "ref" / "report" / "index.html").is_file()
     expected = _results(tmp_path / "ref")
     assert set(expected["m"]) == {0.0, 0.5} and (expected["task"] == "perplexity").all()
+    runs = sorted((tmp_path / "ref" / "jobs" / "pretrain").glob("*"))  # the two runs trained as one pack
+    assert len(runs) == 2 and all(len(json.loads((r / "DONE").read_text())["pack"]) == 2 for r in runs)
 
     # a second run does no work and says so
     again = _run(ref)
@@ -137,8 +140,6 @@ def test_study_end_to_end_with_kills(tmp_path, data_dir, capsys):
 @pytest.mark.slow
 def test_multi_gpu_job_runs_under_torchrun(tmp_path, data_dir, monkeypatch):
     """A job with 2 GPUs re-launches itself under torchrun: here 2 CPU ranks (gloo), one job dir."""
-    import json
-
     from codemix.config import load_study
     from codemix.study.graph import plan_study
     from codemix.study.scheduler import InProcess, run_job, run_jobs
@@ -153,3 +154,31 @@ def test_multi_gpu_job_runs_under_torchrun(tmp_path, data_dir, monkeypatch):
     ckpt = plan.job_dir(job) / (plan.job_dir(job) / "final_checkpoint").read_text().strip()
     assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2
     assert not list((plan.root / "work" / "pretrain").glob("*/"))  # nothing left behind
+
+
+@pytest.mark.slow
+def test_packed_runs_write_the_job_directories_single_runs_write(tmp_path, data_dir, monkeypatch):
+    """pretrain.pack is an execution detail: the same jobs, checkpoints and loss curves as one run per process."""
+    from codemix.checkpoint import read_weights
+    from codemix.config import load_study
+    from codemix.study.graph import plan_study
+    from codemix.study.scheduler import InProcess, run_jobs
+    from codemix.study.stages.pretrain import checkpoint_of
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    plans = {}
+    for pack in (1, 2):
+        cfg = load_study(_write(tmp_path, f"pack{pack}", steps=8), [f"pretrain.pack={pack}", "evals.perplexity=null"])
+        plan = plans[pack] = plan_study(cfg)
+        assert len(plan.packs) == (pack == 2)
+        assert run_jobs(plan.with_inputs(plan.by_stage("pretrain")), InProcess()).ok
+    single, packed = ({j.id: j for j in plans[k].by_stage("pretrain")} for k in (1, 2))
+    assert single.keys() == packed.keys() and len(single) == 2  # same keys: same job directories
+    for job_id in single:
+        a, b = plans[1].job_dir(job_id), plans[2].job_dir(job_id)
+        assert "pack" not in json.loads((a / "DONE").read_text()) and json.loads((b / "DONE").read_text())["pack"]
+        la, lb = ([json.loads(x)["loss"] for x in (d / "log.jsonl").read_text().splitlines()
+                   if json.loads(x).get("kind") is None] for d in (a, b))
+        assert len(la) == len(lb) > 0 and lb == pytest.approx(la, abs=2e-5)
+        wa, wb = read_weights(checkpoint_of(a)), read_weights(checkpoint_of(b))
+        assert wa.keys() == wb.keys() and max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5

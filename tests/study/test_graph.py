@@ -24,7 +24,10 @@ def test_demo_graph_shape_and_m0_dedupe():
     plan = _plan()
     counts = {s: len(plan.by_stage(s)) for s in ("tokenizer", "stream", "mixture", "pretrain", "eval", "analysis")}
     # 3 m × (competitive, additive, baseline) = 9 mixtures, the three m=0 ones are one
-    assert counts == {"tokenizer": 1, "stream": 4, "mixture": 7, "pretrain": 14, "eval": 56, "analysis": 1}
+    # one eval job per checkpoint and benchmark section of the study file
+    assert counts == {"tokenizer": 1, "stream": 4, "mixture": 7, "pretrain": 14,
+                      "eval": 14 * len(plan.cfg.evals.model_dump(exclude_none=True)), "analysis": 1}
+    assert len(plan.cfg.evals.model_dump(exclude_none=True)) >= 7
     code = {s.name for s in plan.cfg.data.sources if s.code}
     lang_only = round(plan.cfg.mixtures.n_tokens / plan.cfg.data.seq_len)
     m0 = [j for j in plan.by_stage("mixture")
@@ -103,6 +106,7 @@ def test_study_plan_command_prints_stages_compute_and_progress(capsys, tmp_path)
                  "lang-only-m0"):
         assert word in out, word
     assert re.search(r"pretrain\s*│\s*14\s*│\s*0\s*│", out)  # 14 jobs, none done
+    assert "14 of 14 runs in 2 packs (7, 7)" in out
     # mark one job done: the plan shows it
     plan = plan_study(load_study(study), root=tmp_path / "out")
     tok = plan.by_stage("tokenizer")[0]
@@ -159,3 +163,30 @@ def test_t5_parameter_counts_come_from_the_model_class():
     cfg = _plan("model.arch=t5", "model.preset=codet5-small", "data.tokenizer.vocab_size=32100").cfg
     n = count_parameters(cfg.model, vocab_size=32100, seq_len=cfg.data.seq_len)
     assert 59e6 < n < 62e6
+
+
+def test_pretraining_runs_are_packed_by_steps_size_and_memory_and_packs_never_change_a_key():
+    plan = _plan()
+    runs = plan.by_stage("pretrain")
+    # 14 runs of 150 steps, pretrain.pack = 8: two packs of 7, every run in exactly one
+    assert sorted(len(p.members) for p in plan.packs) == [7, 7]
+    assert sorted(m for p in plan.packs for m in p.members) == sorted(j.id for j in runs)
+    single = _plan("pretrain.pack=1")
+    assert single.packs == [] and set(single.jobs) == set(plan.jobs)  # an execution detail: same jobs, same keys
+    assert sorted(len(p.members) for p in _plan("pretrain.pack=4").packs) == [3, 3, 4, 4]
+    # memory: a pack holds only what fits (a tiny member is ≈ 47 MB here)
+    assert sorted(len(p.members) for p in _plan("pretrain.pack_memory_gb=0.1").packs) == [2] * 7
+    assert _plan("pretrain.pack_memory_gb=0.04").packs == []
+    # one pass over each mixture: runs of different step counts are never packed together
+    epoch = _plan("pretrain.max_steps=null")
+    steps = {j.inputs["mixture"]: sum(plan.jobs[j.inputs["mixture"]].key["sequences"].values()) // 8 for j in runs}
+    for pack in epoch.packs:
+        assert len({steps[epoch.jobs[m].inputs["mixture"]] for m in pack.members}) == 1
+    assert epoch.packs
+    # not packed: T5, several GPUs per job, gradient accumulation
+    assert _plan("model.arch=t5").packs == []
+    assert _plan("executor.gpus_per_job=2").packs == []
+    assert _plan("pretrain.micro_batch_size=4").packs == []
+    # a sub-plan keeps the packs of its own runs
+    sub = plan.with_inputs(runs[:3])
+    assert all(set(p.members) <= set(sub.jobs) for p in sub.packs) and sub.packs

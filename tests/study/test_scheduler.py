@@ -277,3 +277,54 @@ def test_a_live_lock_is_respected(toy_env):
     assert run_job(plan, tok) == "busy" and read_calls(toy_env["calls"]) == []
     other.release()
     assert run_jobs(plan, InProcess(), poll_s=0.05).ok and values(plan)["all"] == 1
+
+
+# ----------------------------------------------------------------------------- packs
+
+
+def _pack_calls(calls: list[str]) -> list[list[str]]:
+    return [c.split(":", 1)[1].split(",") for c in calls if c.startswith("pack:")]
+
+
+def test_a_pack_runs_its_members_in_one_call_each_into_its_own_job_dir(toy_env):
+    plan = toy_plan(toy_env["root"], pack=True)
+    streams = [j.id for j in plan.by_stage("stream")]
+    summary = run_jobs(plan, InProcess())
+    assert summary.ok and values(plan) == EXPECTED and _tree(toy_env["root"])
+    calls = read_calls(toy_env["calls"])
+    assert _pack_calls(calls) == [streams]  # one call of the pack's function with all three
+    for job_id in streams:  # ... and each member is an ordinary done job that records its pack
+        assert json.loads((plan.job_dir(job_id) / "DONE").read_text())["pack"] == streams
+    assert run_jobs(plan, InProcess()).ran == []
+
+
+def test_a_failing_pack_fails_its_members_and_reruns_them_together(toy_env):
+    toy_env["fail"].write_text("on")
+    plan = toy_plan(toy_env["root"], fail={1}, pack=True)
+    summary = run_jobs(plan, InProcess())
+    streams = sorted(j.id for j in plan.by_stage("stream"))
+    assert sorted(summary.failed) == streams  # one process: its error is every member's
+    assert sorted(plan.jobs[b].name for b in summary.blocked) == ["all", "e0", "e1", "e2"]
+    assert all("boom in s1" in read_failure(plan, s) for s in streams)
+    toy_env["fail"].unlink()
+    assert run_jobs(plan, InProcess()).ok and values(plan) == EXPECTED
+    assert len(_pack_calls(read_calls(toy_env["calls"]))) == 2
+
+
+def test_a_pack_leaves_out_members_that_are_done_or_held_elsewhere(toy_env):
+    from codemix.study.locks import JobLock
+    from codemix.study.scheduler import Unit, run_unit
+
+    plan = toy_plan(toy_env["root"], pack=True)
+    run_jobs(plan.with_inputs(plan.by_stage("tokenizer")), InProcess())
+    s0, s1, s2 = plan.by_stage("stream")
+    assert run_job(plan, s0) == "done"  # run alone, with the job's own function
+    other = JobLock(plan.lock_path(s1), heartbeat_s=0.05)
+    assert other.acquire()
+    pack = plan.pack_of(s0)
+    states = run_unit(plan, Unit(tuple(plan.jobs[i] for i in pack.members), pack.fn))
+    assert states == {s0.id: "found", s1.id: "busy", s2.id: "done"}
+    assert _pack_calls(read_calls(toy_env["calls"])) == []  # one member left: it ran alone
+    other.release()
+    assert run_jobs(plan, InProcess(), poll_s=0.05).ok and values(plan) == EXPECTED
+

@@ -49,7 +49,7 @@ def plan_study(cfg: StudyConfig, root: str | Path | None = None) -> Plan:
     jobs: dict[str, Job] = {}
     for job in (tok, *streams.values(), *mixtures, *checkpoints, *evals, *final):
         jobs.setdefault(job.id, job)
-    return Plan(cfg=cfg, root=root, jobs=jobs)
+    return Plan(cfg=cfg, root=root, jobs=jobs, packs=pretrain.packs(cfg, checkpoints, mixtures))
 
 
 def find_pretrain(plan: Plan, *, setting: str, m: float, seed: int, baseline: bool = False,
@@ -117,17 +117,18 @@ def print_plan(plan: Plan, *, jobs: bool = True, console: Any = None) -> None:
     cfg = plan.cfg
     if jobs:
         t = Table(title=f"jobs of study {cfg.name!r} in {plan.root} (eval jobs grouped per checkpoint)")
-        for col in ("stage", "job", "hash", "stands for", "GPU-h", "done"):
+        for col in ("stage", "job", "hash", "stands for", "pack", "GPU-h", "done"):
             t.add_column(col, justify="right" if col in ("GPU-h", "done") else "left",
                          no_wrap=col == "hash")
+        pack_no = {m: i + 1 for i, pack in enumerate(plan.packs) for m in pack.members}
         rows: dict[tuple[str, str], list[Job]] = {}
         for j in plan.jobs.values():  # eval rows grouped by the checkpoint they read
-            group = plan.jobs[j.inputs["checkpoint"]].name + " × " if j.stage == "eval" else j.name
-            rows.setdefault((j.stage, group), []).append(j)
+            rows.setdefault((j.stage, j.inputs["checkpoint"] if j.stage == "eval" else j.id), []).append(j)
         for (stage, group), js in rows.items():
-            name = group + ",".join(j.key["benchmark"] for j in js) if stage == "eval" else group
-            labels = "; ".join(
-                f"{'baseline' if lab['baseline'] else lab['setting']} m={lab['m']:g}" for lab in js[0].labels)
+            name = (f"{plan.jobs[group].name} × " + ",".join(j.key["benchmark"] for j in js) if stage == "eval"
+                    else js[0].name)
+            labels = "; ".join(f"{'baseline' if lab['baseline'] else lab['setting']} m={lab['m']:g}"
+                               + (f" {lab['arm']}" if lab.get("arm") else "") for lab in js[0].labels)
             flops = sum(j.flops for j in js)
             done = sum(plan.is_done(j) for j in js)
             failed = sum((plan.failure_dir(j) / "FAILED").is_file() for j in js)
@@ -136,8 +137,16 @@ def print_plan(plan: Plan, *, jobs: bool = True, console: Any = None) -> None:
                 f"{done}/{len(js)}" + (f" [red]{failed} failed[/]" if failed else "")
                 + (f" extend to {grow[0].growth.need:,} tokens" if len(grow) == 1 and grow[0].growth else ""))
             t.add_row(stage, name, js[0].hash[:8] if len(js) == 1 else "…", labels,
-                      f"{gpu_hours(flops):.2g}" if flops else "-", state)
+                      str(pack_no.get(js[0].id, "")), f"{gpu_hours(flops):.2g}" if flops else "-", state)
         console.print(t)
+    runs = plan.by_stage("pretrain")
+    if plan.packs:
+        packed = sum(len(p.members) for p in plan.packs)
+        console.print(f"pretraining: {packed} of {len(runs)} runs in {len(plan.packs)} packs "
+                      f"({', '.join(str(len(p.members)) for p in plan.packs)}), each trained as one model in one "
+                      f"process; {plan.packs[0].note} (1: one run per process)")
+    elif len(runs) > 1:
+        console.print(f"pretraining: one run per process ({pretrain.pack_size(cfg)[1]})")
 
     n_params = count_parameters(cfg.model, vocab_size=cfg.data.tokenizer.vocab_size, seq_len=cfg.data.seq_len)
     s = Table(title=(f"compute per stage — model {cfg.model.arch}/{cfg.model.preset} ≈ {n_params / 1e6:.1f}M params; "

@@ -28,7 +28,7 @@ from typing import Any
 from codemix.config import StudyConfig
 from codemix.io import read_json, stable_hash
 
-__all__ = ["JOB_FORMAT", "STAGES", "Growth", "Job", "JobContext", "Plan"]
+__all__ = ["JOB_FORMAT", "STAGES", "Growth", "Job", "JobContext", "Pack", "Plan"]
 
 #: Stages in the order they run. Jobs of a stage read only jobs of earlier stages.
 STAGES = ("tokenizer", "stream", "mixture", "pretrain", "eval", "analysis")
@@ -100,6 +100,22 @@ class Job:
                 "key": self.key, "inputs": self.inputs, "labels": self.labels, "gpus": self.gpus}
 
 
+@dataclass(frozen=True)
+class Pack:
+    """Jobs run together in one process by one function (a pack of pretraining runs).
+
+    Purely an execution choice: each member keeps its own key, directory, lock and ``DONE``,
+    and a member can equally run alone (``Job.fn``). ``fn`` is ``module:function`` called as
+    ``fn(ctxs: list[JobContext])`` with the members that are not done.
+    """
+
+    fn: str
+    members: tuple[str, ...]
+    """Job ids."""
+    note: str = ""
+    """Why the pack has this size (printed by ``codemix study plan``)."""
+
+
 @dataclass
 class Plan:
     """The job graph of one study, jobs in an order where inputs come first."""
@@ -107,6 +123,12 @@ class Plan:
     cfg: StudyConfig
     root: Path
     jobs: dict[str, Job]
+    packs: list[Pack] = field(default_factory=list)
+    """Groups of jobs the scheduler starts together (each job is in at most one)."""
+
+    def pack_of(self, job: Job | str) -> Pack | None:
+        job_id = job if isinstance(job, str) else job.id
+        return next((p for p in self.packs if job_id in p.members), None)
 
     def job_dir(self, job: Job | str) -> Path:
         return self.root / "jobs" / (job if isinstance(job, str) else job.id)
@@ -150,7 +172,9 @@ class Plan:
             if job_id not in wanted:
                 wanted.add(job_id)
                 todo.extend(self.jobs[job_id].inputs.values())
-        return Plan(cfg=self.cfg, root=self.root, jobs={i: j for i, j in self.jobs.items() if i in wanted})
+        packs = [Pack(p.fn, tuple(i for i in p.members if i in wanted), p.note) for p in self.packs]
+        return Plan(cfg=self.cfg, root=self.root, jobs={i: j for i, j in self.jobs.items() if i in wanted},
+                    packs=[p for p in packs if len(p.members) > 1])
 
     def describe_done(self, job: Job) -> dict[str, Any]:
         """The ``DONE`` record of a done job (timings, host)."""

@@ -8,6 +8,8 @@ into ``<out>/jobs/`` only on success; a job that raises records its traceback in
 :func:`run_jobs` is the one scheduling loop: it starts every job whose inputs are done,
 as many at a time as its launcher has slots, marks what depends on a failure as blocked,
 waits for jobs another driver is running, and retries failures up to ``max_retries``.
+The members of a :class:`~codemix.study.jobs.Pack` start together as one :class:`Unit`
+(one slot, one process, each member under its own lock and with its own ``DONE``).
 Where jobs run is the launcher's business:
 
 - :class:`InProcess`: one job at a time in this process (a CPU or one GPU);
@@ -41,17 +43,15 @@ from rich.console import Console
 
 from codemix.config import StudyConfig
 from codemix.errors import CodemixError
-from codemix.io import atomic_write_json, replace_dir
+from codemix.io import atomic_write_json, read_json, replace_dir
 from codemix.study.jobs import STAGES, Job, JobContext, Plan
 from codemix.study.locks import JobLock, lock_is_live
 from codemix.study.store import Store, clear_failure, record_failure
 
-__all__ = ["InProcess", "Launcher", "RunSummary", "Submitit", "Subprocesses", "launcher_for", "run_job",
-           "run_jobs"]
+__all__ = ["InProcess", "Launcher", "RunSummary", "Submitit", "Subprocesses", "Unit", "launcher_for", "run_job",
+           "run_jobs", "run_unit"]
 
 LOG_FILE = "job.log"
-#: Exit status of a job process that found the job held by another driver, or done already.
-_BUSY_EXIT, _FOUND_EXIT = 3, 4
 
 
 # ----------------------------------------------------------------------------- one job
@@ -62,21 +62,59 @@ def _resolve(target: str) -> Callable[[JobContext], None]:
     return getattr(importlib.import_module(module), name)
 
 
+class _Tee:
+    """A text stream writing to several files (a pack's output goes to each member's log)."""
+
+    def __init__(self, files: list[Any]):
+        self.files = files
+
+    def write(self, text: str) -> int:
+        for f in self.files:
+            f.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for f in self.files:
+            f.flush()
+
+
 @contextlib.contextmanager
-def _capture(log_path: Path | None) -> Iterator[None]:
-    """Send the job's Python-level stdout/stderr to its log file (the console shows one line per job)."""
-    if log_path is None:
+def _capture(log_paths: list[Path]) -> Iterator[None]:
+    """Send the Python-level stdout/stderr of a job (or pack) to its log files (the console shows one line per job)."""
+    if not log_paths:
         yield
         return
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        yield
+    with contextlib.ExitStack() as stack:
+        files = []
+        for path in log_paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.append(stack.enter_context(open(path, "a", buffering=1)))
+        tee = files[0] if len(files) == 1 else _Tee(files)
+        with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):  # type: ignore[type-var]
+            yield
 
 
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (compute cost, unlike wall time on a busy box)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What a launcher starts: one job, or the members of a :class:`~codemix.study.jobs.Pack` run by its function."""
+
+    jobs: tuple[Job, ...]
+    fn: str | None = None
+    """A pack's function (called with the members' contexts); None: each job's own ``fn``."""
+
+    @property
+    def id(self) -> str:
+        return self.jobs[0].id
+
+    @classmethod
+    def of(cls, job: Job) -> Unit:
+        return cls((job,))
 
 
 def run_job(plan: Plan, job: Job, *, capture: bool = True) -> str:
@@ -91,67 +129,106 @@ def run_job(plan: Plan, job: Job, *, capture: bool = True) -> str:
     A job that must grow (:class:`~codemix.study.jobs.Growth`) gets its existing output as
     ``ctx.previous`` and replaces it when done.
     """
-    if plan.is_done(job):
-        return "found"
-    lock = JobLock(plan.lock_path(job))
-    if not lock.acquire():
-        return "busy"
+    return run_unit(plan, Unit.of(job), capture=capture)[job.id]
+
+
+def run_unit(plan: Plan, unit: Unit, *, capture: bool = True) -> dict[str, str]:
+    """Run a job or a pack (:func:`run_job`'s guarantees, for each member); job id -> state.
+
+    Members done already are ``found``, members another driver holds ``busy``; the rest run
+    together under their own locks (alone, with the job's own ``fn``, if only one is left).
+    """
+    states = {job.id: "found" for job in unit.jobs if plan.is_done(job)}
+    locks = []
     try:
-        if plan.is_done(job):  # another driver finished it between our check and our lock
-            return "found"
-        return _run_locked(plan, job, capture=capture)
+        for job in unit.jobs:
+            if job.id in states:
+                continue
+            lock = JobLock(plan.lock_path(job))
+            if not lock.acquire():
+                states[job.id] = "busy"
+                continue
+            locks.append(lock)
+            if plan.is_done(job):  # another driver finished it between our check and our lock
+                states[job.id] = "found"
+        todo = [job for job in unit.jobs if job.id not in states]
+        if todo:
+            states.update(_run_locked(plan, todo, unit.fn if len(todo) > 1 else None, capture=capture))
+        return states
     finally:
-        lock.release()
+        for lock in locks:
+            lock.release()
 
 
-def _run_locked(plan: Plan, job: Job, *, capture: bool) -> str:
-    work = plan.work_dir(job)
-    previous = plan.job_dir(job) if plan.needs_growth(job) else None
-    if (work / "DONE").is_file() and work.joinpath("job.json").is_file():  # killed between DONE and the rename
-        replace_dir(work, plan.job_dir(job))
-        if plan.is_done(job):
-            clear_failure(plan, job)
-            return "done"
-    if work.exists() and not job.resumable:
-        shutil.rmtree(work)
-    resume = work.is_dir() and any(p.name != LOG_FILE for p in work.iterdir())
-    work.mkdir(parents=True, exist_ok=True)
-    log_path = plan.root / "work" / f"{job.id}.log"  # beside the work dir: a job may replace its out dir
-    inputs = plan.input_dirs(job)
+def _log_path(plan: Plan, job: Job) -> Path:
+    return plan.root / "work" / f"{job.id}.log"  # beside the work dir: a job may replace its out dir
+
+
+def _run_locked(plan: Plan, jobs: list[Job], pack_fn: str | None, *, capture: bool) -> dict[str, str]:
+    states: dict[str, str] = {}
+    contexts = []
+    for job in jobs:
+        work = plan.work_dir(job)
+        previous = plan.job_dir(job) if plan.needs_growth(job) else None
+        if (work / "DONE").is_file() and work.joinpath("job.json").is_file():  # killed between DONE and the rename
+            replace_dir(work, plan.job_dir(job))
+            if plan.is_done(job):
+                clear_failure(plan, job)
+                states[job.id] = "done"
+                continue
+        if work.exists() and not job.resumable:
+            shutil.rmtree(work)
+        resume = work.is_dir() and any(p.name != LOG_FILE for p in work.iterdir())
+        work.mkdir(parents=True, exist_ok=True)
+        contexts.append(JobContext(cfg=plan.cfg, job=job, out=work, inputs=plan.input_dirs(job), root=plan.root,
+                                   resume=resume, previous=previous))
+    if not contexts:
+        return states
     started, cpu0 = time.time(), _cpu_seconds()
+    logs = [_log_path(plan, ctx.job) for ctx in contexts]
     try:
-        missing = [f"{role} ({path})" for role, path in inputs.items() if not (path / "DONE").is_file()]
-        if missing:
-            raise CodemixError(f"inputs of {job.id} are not done: {', '.join(missing)}; "
-                               "run the study with `codemix study run`, which runs jobs in stage order")
-        with _capture(log_path if capture else None):
-            _resolve(job.fn)(JobContext(cfg=plan.cfg, job=job, out=work, inputs=inputs, root=plan.root,
-                                        resume=resume, previous=previous))
+        for ctx in contexts:
+            missing = [f"{role} ({path})" for role, path in ctx.inputs.items() if not (path / "DONE").is_file()]
+            if missing:
+                raise CodemixError(f"inputs of {ctx.job.id} are not done: {', '.join(missing)}; "
+                                   "run the study with `codemix study run`, which runs jobs in stage order")
+        with _capture(logs if capture else []):
+            if len(contexts) > 1:
+                assert pack_fn is not None, "several jobs run together only as a pack"
+                _resolve(pack_fn)(contexts)
+            else:
+                _resolve(contexts[0].job.fn)(contexts[0])
+    except Exception:  # the job's own error: recorded for `study status`, the study goes on without it
+        error = traceback.format_exc()
+        for ctx, log_path in zip(contexts, logs):
+            log_tail = log_path.read_text(errors="replace")[-2000:] if log_path.is_file() else ""
+            record_failure(plan, ctx.job, f"--- end of the job's output ({log_path}) ---\n{log_tail}\n"
+                                          f"--- traceback ---\n{error}" if log_tail else error)
+            if not ctx.job.resumable:
+                shutil.rmtree(ctx.out, ignore_errors=True)
+            states[ctx.job.id] = "failed"
+        return states
+    except BaseException:
+        for ctx in contexts:
+            if not ctx.job.resumable:
+                shutil.rmtree(ctx.out, ignore_errors=True)
+        raise
+    seconds, cpu = round(time.time() - started, 3), round(_cpu_seconds() - cpu0, 3)
+    for ctx, log_path in zip(contexts, logs):
+        job, work = ctx.job, ctx.out
         work.mkdir(parents=True, exist_ok=True)  # (a job may have replaced it atomically)
         atomic_write_json(work / "job.json", job.describe())
         if log_path.is_file():
             shutil.copyfile(log_path, work / LOG_FILE)
-        atomic_write_json(work / "DONE", {"id": job.id, "seconds": round(time.time() - started, 3),
-                                          "cpu_seconds": round(_cpu_seconds() - cpu0, 3),
+        atomic_write_json(work / "DONE", {"id": job.id, "seconds": seconds, "cpu_seconds": cpu,
                                           "finished": time.time(), "host": socket.gethostname(),
-                                          "resumed": resume, "grew": previous is not None})
+                                          "resumed": ctx.resume, "grew": ctx.previous is not None,
+                                          **({"pack": [c.job.id for c in contexts]} if len(contexts) > 1 else {})})
         replace_dir(work, plan.job_dir(job))  # (swaps out the output it grew, or a stray directory)
         clear_failure(plan, job)
         log_path.unlink(missing_ok=True)
-        return "done"
-    except Exception:  # the job's own error: recorded for `study status`, the study goes on without it
-        error = traceback.format_exc()
-        log_tail = log_path.read_text(errors="replace")[-2000:] if log_path.is_file() else ""
-        if log_tail:
-            error = f"--- end of the job's output ({log_path}) ---\n{log_tail}\n--- traceback ---\n{error}"
-        record_failure(plan, job, error)
-        if not job.resumable:
-            shutil.rmtree(work, ignore_errors=True)
-        return "failed"
-    except BaseException:
-        if not job.resumable:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
+        states[job.id] = "done"
+    return states
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -161,20 +238,21 @@ class Launcher(Protocol):
     """Where and how jobs run; :func:`run_jobs` decides which and when."""
 
     slots: int
-    """How many jobs it runs at once."""
+    """How many units (jobs or packs) it runs at once."""
 
-    def start(self, plan: Plan, jobs: list[Job]) -> None:
-        """Start these jobs (at most the free slots)."""
+    def start(self, plan: Plan, units: list[Unit]) -> None:
+        """Start these units (at most the free slots)."""
 
     def finished(self, plan: Plan, timeout: float) -> dict[str, str]:
-        """Jobs that ended since the last call (waiting up to ``timeout`` s): id -> done | failed | busy."""
+        """Jobs of units that ended since the last call (waiting up to ``timeout`` s): id -> done | failed | busy
+        | found."""
 
     def stop(self) -> None:
         """Stop whatever still runs (Ctrl-C); their work directories are not jobs."""
 
 
 class InProcess:
-    """One job at a time, in this process; its output goes to the job's log file."""
+    """One unit at a time, in this process; its output goes to the job's log file."""
 
     slots = 1
 
@@ -182,9 +260,9 @@ class InProcess:
         self.capture = capture
         self._done: dict[str, str] = {}
 
-    def start(self, plan: Plan, jobs: list[Job]) -> None:
-        for job in jobs:
-            self._done[job.id] = run_job(plan, job, capture=self.capture)
+    def start(self, plan: Plan, units: list[Unit]) -> None:
+        for unit in units:
+            self._done.update(run_unit(plan, unit, capture=self.capture))
 
     def finished(self, plan: Plan, timeout: float) -> dict[str, str]:
         done, self._done = self._done, {}
@@ -194,11 +272,15 @@ class InProcess:
         pass
 
 
-def _payload(plan: Plan, job: Job) -> Path:
-    path = plan.root / "work" / ".payloads" / f"{job.hash}.pkl"
+def _payload(plan: Plan, unit: Unit) -> Path:
+    path = plan.root / "work" / ".payloads" / f"{unit.jobs[0].hash}.pkl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps({"cfg": plan.cfg, "root": str(plan.root), "job": job}))
+    path.write_bytes(pickle.dumps({"cfg": plan.cfg, "root": str(plan.root), "unit": unit}))
     return path
+
+
+def _states_file(payload: Path) -> Path:
+    return payload.with_suffix(".states.json")
 
 
 class Subprocesses:
@@ -212,31 +294,35 @@ class Subprocesses:
     def __init__(self, slots: list[str | None]):
         self.free = list(slots)
         self.slots = len(slots)
-        self.running: dict[str, tuple[subprocess.Popen, str | None, Job, Path]] = {}
+        self.running: dict[str, tuple[subprocess.Popen, str | None, Unit, Path]] = {}
 
-    def start(self, plan: Plan, jobs: list[Job]) -> None:
-        for job in jobs:
+    def start(self, plan: Plan, units: list[Unit]) -> None:
+        for unit in units:
             slot = self.free.pop(0)
             env = dict(os.environ)
             if slot is not None:
                 env["CUDA_VISIBLE_DEVICES"] = slot
-            payload = _payload(plan, job)
+            payload = _payload(plan, unit)
             proc = subprocess.Popen([sys.executable, "-m", "codemix.study.scheduler", str(payload)], env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.running[job.id] = (proc, slot, job, payload)
+            self.running[unit.id] = (proc, slot, unit, payload)
 
     def finished(self, plan: Plan, timeout: float) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         while True:
             out = {}
-            for job_id, (proc, slot, job, payload) in list(self.running.items()):
+            for unit_id, (proc, slot, unit, payload) in list(self.running.items()):
                 code = proc.poll()
                 if code is None:
                     continue
-                del self.running[job_id]
+                del self.running[unit_id]
                 self.free.append(slot)
+                reported = read_json(_states_file(payload))
+                _states_file(payload).unlink(missing_ok=True)
                 payload.unlink(missing_ok=True)
-                out[job_id] = _process_state(plan, job, code)
+                for job in unit.jobs:
+                    out[job.id] = reported.get(job.id) or _ended_state(
+                        plan, job, f"the job's process exited with code {code}")
             if out or not self.running or time.monotonic() >= deadline:
                 return out
             time.sleep(min(0.05, timeout))
@@ -249,34 +335,32 @@ class Subprocesses:
                 proc.wait(timeout=30)
 
 
-def _process_state(plan: Plan, job: Job, code: int) -> str:
-    if code == _FOUND_EXIT:
-        return "found"
+def _ended_state(plan: Plan, job: Job, how: str) -> str:
+    """The state of a job whose process ended without reporting one (killed, out of memory)."""
     if plan.is_done(job):
         return "done"
-    if code == _BUSY_EXIT:
-        return "busy"
     if not (plan.failure_dir(job) / "FAILED").is_file():
-        record_failure(plan, job, f"the job's process exited with code {code} without recording an error "
-                                  f"(killed? out of memory?); log: {plan.root / 'work' / (job.id + '.log')}")
+        record_failure(plan, job, f"{how} without finishing or recording an error (killed? out of memory?); "
+                                  f"log: {_log_path(plan, job)}")
     return "failed"
 
 
 class SubmititJob:
-    """The callable submitit pickles: runs one job; requeued (and resumed) on preemption or timeout."""
+    """The callable submitit pickles: runs one unit; requeued (and resumed) on preemption or timeout."""
 
-    def __init__(self, cfg: StudyConfig, root: str, job: Job):
-        self.cfg, self.root, self.job = cfg, root, job
+    def __init__(self, cfg: StudyConfig, root: str, unit: Unit):
+        self.cfg, self.root, self.unit = cfg, root, unit
 
-    def __call__(self) -> str:
-        return run_job(Plan(cfg=self.cfg, root=Path(self.root), jobs={self.job.id: self.job}), self.job)
+    def __call__(self) -> dict[str, str]:
+        plan = Plan(cfg=self.cfg, root=Path(self.root), jobs={j.id: j for j in self.unit.jobs})
+        return run_unit(plan, self.unit)
 
     def checkpoint(self) -> Any:
-        """Called by submitit before preemption/timeout: requeue the same job (it resumes from
-        its work directory when resumable, otherwise restarts; its job dir stays absent meanwhile)."""
+        """Called by submitit before preemption/timeout: requeue the same unit (it resumes from
+        its work directories when resumable, otherwise restarts; its job dirs stay absent meanwhile)."""
         import submitit  # optional: only SLURM users need it
 
-        return submitit.helpers.DelayedSubmission(SubmititJob(self.cfg, self.root, self.job))
+        return submitit.helpers.DelayedSubmission(SubmititJob(self.cfg, self.root, self.unit))
 
 
 class Submitit:
@@ -289,7 +373,7 @@ class Submitit:
     def __init__(self, cfg: StudyConfig, *, cluster: str = "slurm", slots: int | None = None):
         self.cfg, self.cluster = cfg, cluster
         self.slots = slots or cfg.executor.array_parallelism
-        self.running: dict[str, tuple[Job, Any]] = {}
+        self.running: dict[str, tuple[Unit, Any]] = {}
 
     def executor(self, plan: Plan, stage: str, gpus: int) -> Any:
         import submitit  # optional: only SLURM users need it
@@ -315,42 +399,35 @@ class Submitit:
         executor.update_parameters(**params)
         return executor
 
-    def start(self, plan: Plan, jobs: list[Job]) -> None:
-        groups: dict[tuple[str, int], list[Job]] = {}
-        for job in jobs:
-            groups.setdefault((job.stage, job.gpus), []).append(job)
+    def start(self, plan: Plan, units: list[Unit]) -> None:
+        groups: dict[tuple[str, int], list[Unit]] = {}
+        for unit in units:
+            groups.setdefault((unit.jobs[0].stage, unit.jobs[0].gpus), []).append(unit)
         for (stage, gpus), group in groups.items():
             executor = self.executor(plan, stage, gpus)
             with executor.batch():  # one array (one sbatch) for the group
-                subs = [executor.submit(SubmititJob(self.cfg, str(plan.root), j)) for j in group]
-            for job, sub in zip(group, subs):
-                self.running[job.id] = (job, sub)
+                subs = [executor.submit(SubmititJob(self.cfg, str(plan.root), u)) for u in group]
+            for unit, sub in zip(group, subs):
+                self.running[unit.id] = (unit, sub)
 
     def finished(self, plan: Plan, timeout: float) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         while True:
             out = {}
-            for job_id, (job, sub) in list(self.running.items()):
+            for unit_id, (unit, sub) in list(self.running.items()):
                 if not sub.done():
                     continue
-                del self.running[job_id]
-                out[job_id] = self._state(plan, job, sub)
+                del self.running[unit_id]
+                error = sub.exception()  # None when the unit ran to its end and returned its states
+                reported = sub.result() if error is None else {}
+                stderr = "" if error is None else sub.stderr()
+                how = f"submitit job {sub.job_id} ended ({error!r})" + (
+                    f"\n--- stderr ---\n{stderr[-3000:]}\n" if stderr else "")
+                for job in unit.jobs:
+                    out[job.id] = reported.get(job.id) or _ended_state(plan, job, how)
             if out or not self.running or time.monotonic() >= deadline:
                 return out
             time.sleep(min(0.2, timeout))
-
-    @staticmethod
-    def _state(plan: Plan, job: Job, sub: Any) -> str:
-        error = sub.exception()  # None when the job ran to its end and returned its state
-        if error is None and sub.result() in ("busy", "found"):
-            return sub.result()
-        if plan.is_done(job):
-            return "done"
-        if not (plan.failure_dir(job) / "FAILED").is_file():  # killed, preempted for good, out of memory
-            stderr = sub.stderr()
-            record_failure(plan, job, f"submitit job {sub.job_id} ended without finishing: {error!r}"
-                                      + (f"\n--- stderr ---\n{stderr[-3000:]}" if stderr else ""))
-        return "failed"
 
     def stop(self) -> None:
         for _, sub in self.running.values():  # Ctrl-C: scancel what is still queued or running
@@ -385,13 +462,14 @@ class _Reporter:
         self.count = 0
         self.t0: dict[str, float] = {}
 
-    def start(self, job: Job) -> None:
+    def start(self, job: Job, *, pack: int = 1) -> None:
         self.count += 1
         self.t0[job.id] = time.time()
         if self.console:
             grow = " (extending)" if self.plan.needs_growth(job) else ""
+            together = f" [dim](in a pack of {pack})[/]" if pack > 1 else ""
             self.console.print(f"[dim][{self.count}/{self.total}][/] [bold]{job.stage}[/] {job.name}{grow} "
-                               f"[dim]{job.hash[:8]}[/]")
+                               f"[dim]{job.hash[:8]}[/]{together}")
 
     def end(self, job: Job, state: str) -> None:
         dt = time.time() - self.t0.get(job.id, time.time())
@@ -430,6 +508,7 @@ def run_jobs(plan: Plan, launcher: Launcher, *, store: Store | None = None, cons
     rep = _Reporter(plan, store, console, len(pending))
     bad: set[str] = set()
     running: set[str] = set()
+    units_running: dict[str, set[str]] = {}  # unit id -> its members still running
     elsewhere: set[str] = set()
     attempts: dict[str, int] = {}
     try:
@@ -450,17 +529,25 @@ def run_jobs(plan: Plan, launcher: Launcher, *, store: Store | None = None, cons
                     pending.append(job)
             ready = [j for j in pending if all(plan.is_done(plan.jobs[d]) for d in j.inputs.values())]
             ready.sort(key=lambda j: STAGES.index(j.stage))  # stable: inputs stay first
-            start = []
-            for job in ready:
-                if len(start) + len(running) >= launcher.slots:
+            start: list[Unit] = []
+            for unit in _units(plan, ready, pending):
+                if len(start) + len(units_running) >= launcher.slots:
                     break
-                pending.remove(job)
-                if lock_is_live(plan.lock_path(job)):
-                    elsewhere.add(job.id)
+                members = []
+                for job in unit.jobs:
+                    pending.remove(job)
+                    if lock_is_live(plan.lock_path(job)):
+                        elsewhere.add(job.id)
+                    else:
+                        members.append(job)
+                if not members:
                     continue
-                start.append(job)
-                running.add(job.id)
-                rep.start(job)
+                unit = Unit(tuple(members), unit.fn)
+                start.append(unit)
+                units_running[unit.id] = {j.id for j in members}
+                running.update(units_running[unit.id])
+                for job in members:
+                    rep.start(job, pack=len(members))
             if start:
                 launcher.start(plan, start)
             if not running and not start:
@@ -477,6 +564,10 @@ def run_jobs(plan: Plan, launcher: Launcher, *, store: Store | None = None, cons
             for job_id, state in launcher.finished(plan, timeout=poll_s).items():
                 job = plan.jobs[job_id]
                 running.discard(job_id)
+                for unit_id, members in list(units_running.items()):
+                    members.discard(job_id)
+                    if not members:
+                        del units_running[unit_id]
                 if state == "busy":
                     rep.end(job, state)
                     elsewhere.add(job_id)
@@ -500,6 +591,20 @@ def run_jobs(plan: Plan, launcher: Launcher, *, store: Store | None = None, cons
     finally:
         launcher.stop()
     return summary
+
+
+def _units(plan: Plan, ready: list[Job], pending: list[Job]) -> Iterator[Unit]:
+    """The ready jobs as units, in order: a pack starts once all its pending members are ready, as one unit."""
+    ready_ids, pending_ids, seen = {j.id for j in ready}, {j.id for j in pending}, set()
+    for job in ready:
+        if job.id in seen:
+            continue
+        pack = plan.pack_of(job)
+        members = [m for m in pack.members if m in pending_ids] if pack else [job.id]
+        seen.update(members)
+        if not all(m in ready_ids for m in members):
+            continue  # wait for the pack's other members' inputs (they start together)
+        yield Unit(tuple(plan.jobs[m] for m in members), pack.fn if pack and len(members) > 1 else None)
 
 
 # ----------------------------------------------------------------------------- choosing a launcher
@@ -549,11 +654,14 @@ def limit_cpu_threads(console: Console | None) -> None:
     CPU studies are tiny models, which gain little from intra-op threads, and OpenMP threads
     spin-wait: on shared or busy cores a 2-thread tiny-GPT step measured 15x the CPU time of
     a 1-thread step. Set OMP_NUM_THREADS to choose another count (child processes inherit it).
+    A pack of runs, whose operations are K times wider, takes every core again
+    (``CODEMIX_AUTO_THREADS`` tells it the count was chosen here, not by the user).
     """
     if "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
         return
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["CODEMIX_AUTO_THREADS"] = "1"
     if console:
         console.print("no GPU: jobs run with one CPU thread each (set OMP_NUM_THREADS to change)")
 
@@ -562,12 +670,15 @@ def limit_cpu_threads(console: Console | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one job from a pickled payload (a local GPU slot)."""
+    """Run one unit from a pickled payload (a local GPU slot); its states go to ``<payload>.states.json``."""
     argv = sys.argv[1:] if argv is None else argv
-    payload = pickle.loads(Path(argv[0]).read_bytes())
-    plan = Plan(cfg=payload["cfg"], root=Path(payload["root"]), jobs={payload["job"].id: payload["job"]})
-    state = run_job(plan, payload["job"])
-    return {"done": 0, "found": _FOUND_EXIT, "busy": _BUSY_EXIT}.get(state, 1)
+    payload = Path(argv[0])
+    data = pickle.loads(payload.read_bytes())
+    unit: Unit = data["unit"]
+    plan = Plan(cfg=data["cfg"], root=Path(data["root"]), jobs={j.id: j for j in unit.jobs})
+    states = run_unit(plan, unit)
+    atomic_write_json(_states_file(payload), states)
+    return 0 if all(state != "failed" for state in states.values()) else 1
 
 
 if __name__ == "__main__":

@@ -41,15 +41,17 @@ def warn(message: str) -> None:
 
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float = 0.1,
-                    betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+                    betas: tuple[float, float] = (0.9, 0.95), member_dim: bool = False) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (linear layers and embeddings).
 
     Norm gains and biases (1-D tensors) are not decayed: shrinking them toward zero only
     fights the normalization. The fused kernel is used when the parameters are on CUDA.
+    ``member_dim``: every parameter has a leading model dimension (a pack), not counted.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    matrix = 3 if member_dim else 2
+    decay = [p for p in params if p.dim() >= matrix]
+    no_decay = [p for p in params if p.dim() < matrix]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = bool(params) and all(p.device.type == "cuda" for p in params)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
@@ -182,6 +184,9 @@ class LoopSpec:
     log_every: int = 10
     eval_every: int | None = None
     checkpoint_every: int | None = None
+    clip: Callable[[list[torch.Tensor], float], torch.Tensor] | None = None
+    """Gradient clipping ``clip(params, grad_clip) -> norm(s)``; default: one global norm
+    (``clip_grad_norm_``). A pack of models clips each member on its own norm."""
     batches_to_device: bool = True
     """Move each micro-batch to the device before ``loss_fn``. False for a task that builds its
     inputs on the CPU (CodeT5's objectives): a batch sent to the GPU only to be copied back
@@ -235,6 +240,15 @@ def _n_tokens(batch: Any) -> int:
     return _n_tokens(batch[0])
 
 
+def _scalar_or_list(v: torch.Tensor) -> float | list[float]:
+    """A logged value: a number, or one number per member of a pack."""
+    return v.item() if v.numel() == 1 else v.tolist()
+
+
+def _as_list(v: float | list[float]) -> list[float]:
+    return v if isinstance(v, list) else [v]
+
+
 def _batches_forever(batches: Iterable[Any]) -> Iterator[Any]:
     """Iterate epoch after epoch (a new ``iter()`` each time the previous one ends)."""
     while True:
@@ -285,7 +299,8 @@ def run_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterab
                 (out["loss"] / len(micro_batches)).backward()
                 for k, v in out.items():
                     totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro_batches)
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, spec.grad_clip) if spec.grad_clip > 0 else None)
+            clip = spec.clip or torch.nn.utils.clip_grad_norm_
+            grad_norm = clip(params, spec.grad_clip) if spec.grad_clip > 0 else None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -295,8 +310,8 @@ def run_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterab
             tokens_since += step_tokens
             is_log_step = state.step % spec.log_every == 0 or state.step == spec.total_steps or state.step == 1
             if is_log_step:
-                values = {k: all_reduce_mean(v, ctx).item() for k, v in totals.items()}
-                if not math.isfinite(values["loss"]):
+                values = {k: _scalar_or_list(all_reduce_mean(v, ctx)) for k, v in totals.items()}
+                if not all(math.isfinite(x) for x in _as_list(values["loss"])):
                     raise FloatingPointError(f"loss is {values['loss']} at step {state.step}; lower pretrain.lr "
                                              "or check the data")
                 elapsed = time.perf_counter() - t0
@@ -304,7 +319,7 @@ def run_loop(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterab
                 record = {"step": state.step, **values, "lr": lr, "tokens": state.tokens, "tokens_per_s": round(tps, 1),
                           "elapsed_s": round(time.perf_counter() - start, 3)}
                 if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
+                    record["grad_norm"] = _scalar_or_list(grad_norm.detach())
                 logger.log(record)
                 logger.advance(loss=values["loss"], tokens_per_s=tps)
                 t0, tokens_since = time.perf_counter(), 0

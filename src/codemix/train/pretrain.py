@@ -49,38 +49,52 @@ from codemix.train.distributed import (
 )
 from codemix.train.loop import LoopSpec, LoopState, RunLogger, build_optimizer, lr_at, run_loop, warn
 
-__all__ = ["HeldoutEval", "load_checkpoint", "save_checkpoint", "train"]
+__all__ = ["HeldoutEval", "decode_rng_state", "encode_rng_state", "load_checkpoint", "precision", "resolve_budget",
+           "save_checkpoint", "train", "truncate_log"]
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _rng_state(ctx: DistContext) -> dict[str, Any]:
+def encode_rng_state(states: dict[str, Any]) -> dict[str, Any]:
+    """Random streams (``cpu``, ``numpy``, ``python`` and, on a GPU, ``cuda``) as JSON for ``trainer_state.json``."""
     def b64(t: torch.Tensor) -> str:
         return base64.b64encode(t.numpy().tobytes()).decode()
 
-    np_state = np.random.get_state()
-    state = {
-        "torch": b64(torch.get_rng_state()),
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-    if ctx.device.type == "cuda":
-        state["cuda"] = b64(torch.cuda.get_rng_state(ctx.device))
-    return state
+    n, py = states["numpy"], states["python"]
+    record = {"torch": b64(states["cpu"]), "numpy": [n[0], n[1].tolist(), *n[2:]], "python": [py[0], list(py[1]), py[2]]}
+    if "cuda" in states:
+        record["cuda"] = b64(states["cuda"])
+    return record
 
 
-def _set_rng_state(state: dict[str, Any], ctx: DistContext) -> None:
+def decode_rng_state(record: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`encode_rng_state`: states ``torch.set_rng_state`` and friends take."""
     def tensor(s: str) -> torch.Tensor:
         return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 
-    torch.set_rng_state(tensor(state["torch"]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-    p = state["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-    if "cuda" in state and ctx.device.type == "cuda":
-        torch.cuda.set_rng_state(tensor(state["cuda"]), ctx.device)
+    n, py = record["numpy"], record["python"]
+    states = {"cpu": tensor(record["torch"]), "numpy": (n[0], np.array(n[1], dtype=np.uint32), *n[2:]),
+              "python": (py[0], tuple(py[1]), py[2])}
+    if "cuda" in record:
+        states["cuda"] = tensor(record["cuda"])
+    return states
+
+
+def _rng_state(ctx: DistContext) -> dict[str, Any]:
+    states = {"cpu": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if ctx.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return encode_rng_state(states)
+
+
+def _set_rng_state(record: dict[str, Any], ctx: DistContext) -> None:
+    states = decode_rng_state(record)
+    torch.set_rng_state(states["cpu"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], ctx.device)
 
 
 def save_checkpoint(run_dir: str | Path, *, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -135,8 +149,9 @@ class HeldoutEval:
     def __init__(self, heldout: dict[str, Path], loss_fn: Callable[[nn.Module, Any, int], dict],
                  *, seq_len: int, n_sequences: int, batch_size: int, ctx: DistContext,
                  amp_dtype: torch.dtype | None = None, source_ids: dict[str, int] | None = None,
-                 batches_to_device: bool = True):
+                 batches_to_device: bool = True, loss_key: str = "loss"):
         self.loss_fn, self.ctx, self.amp_dtype, self.source_ids = loss_fn, ctx, amp_dtype, source_ids
+        self.loss_key = loss_key
         self.batches_to_device = batches_to_device
         self.batches: dict[str, list[torch.Tensor]] = {}
         for source, directory in heldout.items():
@@ -163,24 +178,27 @@ class HeldoutEval:
                     else contextlib.nullcontext())
         records = []
         for source, batches in self.batches.items():
-            total = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # (sum of losses, sequences)
+            total = torch.zeros(1, dtype=torch.float64, device=self.ctx.device)  # sequences, then per-loss sums
+            sums: torch.Tensor | float = 0.0
             for batch in batches:
                 inputs: Any = batch.to(self.ctx.device) if self.batches_to_device else batch
                 if self.source_ids is not None:
                     inputs = {"tokens": inputs, "source": torch.full((len(batch),), self.source_ids[source])}
                 with autocast:
-                    loss = self.loss_fn(model, inputs, step)["loss"].double()
-                total += torch.stack([loss * batch.shape[0], total.new_tensor(batch.shape[0])])
-            total = all_reduce_mean(total, self.ctx)  # the ratio is unchanged by the mean
-            records.append({"source": source, "loss": (total[0] / total[1]).item(),
-                            "sequences": round(total[1].item() * self.ctx.world_size)})
+                    loss = self.loss_fn(model, inputs, step)[self.loss_key].double()  # scalar, or one per member
+                sums = sums + loss * batch.shape[0]
+                total += batch.shape[0]
+            packed = all_reduce_mean(torch.cat([total, torch.as_tensor(sums).reshape(-1)]), self.ctx)
+            mean = packed[1:] / packed[0]  # the ratio is unchanged by the mean over ranks
+            records.append({"source": source, "loss": mean.item() if mean.numel() == 1 else mean.tolist(),
+                            "sequences": round(packed[0].item() * self.ctx.world_size)})
         return records
 
 
 # ----------------------------------------------------------------------------- pretraining
 
 
-def _resolve_budget(p: Any, *, batches_per_epoch: int, tokens_per_step: int) -> int:
+def resolve_budget(p: Any, *, batches_per_epoch: int, tokens_per_step: int) -> int:
     """Optimizer steps: one pass over the mixture unless max_steps / max_tokens say otherwise."""
     if p.max_steps is not None:
         steps = p.max_steps
@@ -194,13 +212,13 @@ def _resolve_budget(p: Any, *, batches_per_epoch: int, tokens_per_step: int) -> 
     return steps
 
 
-def _precision(p: Any, device: torch.device) -> torch.dtype | None:
+def precision(p: Any, device: torch.device) -> torch.dtype | None:
     if p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def truncate_log(path: Path, step: int) -> None:
     """Drop log lines after ``step`` (a resumed run writes them again)."""
     if not path.exists():
         return
@@ -255,7 +273,7 @@ def train(cfg: StudyConfig, *, mixture_dir: str | Path, heldout: dict[str, Path]
         "seq_len": cfg.data.seq_len, "study": cfg.name, "seed": seed, **(record or {}),
         "study_config": cfg.model_dump(mode="json"),  # the resolved config travels with the weights
     }
-    amp_dtype = _precision(p, ctx.device)
+    amp_dtype = precision(p, ctx.device)
     compile_model = p.compile if p.compile is not None else ctx.device.type == "cuda"
     model = parallelize(model, ctx, compile=compile_model)
     optimizer = build_optimizer(model, lr=p.lr, weight_decay=p.weight_decay, betas=(p.beta1, p.beta2))
@@ -265,7 +283,7 @@ def train(cfg: StudyConfig, *, mixture_dir: str | Path, heldout: dict[str, Path]
                            with_sources=task.needs_sources)
     task.bind_streams([stream.dir for stream in loader.streams])
     tokens_per_step = p.batch_size * cfg.data.seq_len
-    total = _resolve_budget(p, batches_per_epoch=loader.batches_per_epoch, tokens_per_step=tokens_per_step)
+    total = resolve_budget(p, batches_per_epoch=loader.batches_per_epoch, tokens_per_step=tokens_per_step)
     if total > loader.batches_per_epoch and ctx.is_main:
         warn(f"{total} steps exceed one pass over the mixture ({loader.batches_per_epoch} steps): "
               "sequences will repeat")
@@ -288,7 +306,7 @@ def train(cfg: StudyConfig, *, mixture_dir: str | Path, heldout: dict[str, Path]
         if ctx.is_main:
             print(f"resuming from {start} (step {state.step})", file=sys.stderr)
     if ctx.is_main:  # lines past the checkpoint (or from an attempt killed before any) are redone
-        _truncate_log(out_dir / "log.jsonl", state.step)
+        truncate_log(out_dir / "log.jsonl", state.step)
 
     micro = p.batch_size // ctx.world_size // accum
     batches_to_device = not task.cpu_batches  # CodeT5 builds its inputs on the CPU

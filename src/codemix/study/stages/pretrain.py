@@ -6,31 +6,47 @@ cadence, GPUs) is not in it. The run directory is the job directory (``checkpoin
 ``log.jsonl``); every checkpoint records what the model is in its study
 (:class:`codemix.checkpoint.CheckpointInfo`): its labels, and where the study's held-out
 documents are, so ``codemix eval`` of the checkpoint alone finds them.
+
+GPT runs that train for the same steps are grouped into packs (:func:`packs`, sized by
+``pretrain.pack`` and by memory): the scheduler starts a pack as one process that trains its
+members together (:func:`run_pack`, :mod:`codemix.train.pack`). Each member still writes its
+own job directory, exactly as :func:`run` would; the pack is never part of a key.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from codemix.checkpoint import latest_checkpoint, relative_to
+import torch
+
+from codemix.checkpoint import checkpoint_dirs, checkpoint_problem, latest_checkpoint, relative_to
 from codemix.config import Labels, StudyConfig
+from codemix.errors import DataError
 from codemix.io import atomic_write_text
 from codemix.models import count_parameters
-from codemix.study.jobs import Job, JobContext
+from codemix.models.gpt import config_from_model_config
+from codemix.study.jobs import Job, JobContext, Pack
 from codemix.study.stages.tokenizer import TOKENIZER_FILE
-from codemix.train.pretrain import train
+from codemix.train.pack import PackMember, pack_bytes, train_pack
+from codemix.train.pretrain import resolve_budget, train
 
-__all__ = ["EXECUTION_FIELDS", "checkpoint_of", "plan", "run", "train_tokens"]
+__all__ = ["EXECUTION_FIELDS", "checkpoint_of", "pack_memory", "pack_size", "packs", "plan", "run", "run_pack", "train_tokens"]
 
 #: Pretraining fields that change how a run is executed, logged or checkpointed, not what it
-#: computes; they are left out of the key (e.g. enabling W&B does not retrain).
+#: computes; they are left out of the key (e.g. enabling W&B, or packing runs, does not retrain).
 EXECUTION_FIELDS = {"device", "compile", "tensorboard", "wandb", "log_every", "checkpoint_every",
-                    "keep_checkpoints"}
+                    "keep_checkpoints", "pack", "pack_memory_gb"}
 FINAL_CHECKPOINT = "final_checkpoint"
+#: Memory a pack may use on SLURM when ``pretrain.pack_memory_gb`` is unset (the GPU is not known at planning).
+SLURM_PACK_MEMORY_GB = 40.0
 
 
 def train_tokens(cfg: StudyConfig, mixture_tokens: int) -> int:
@@ -61,6 +77,75 @@ def plan(cfg: StudyConfig, mixtures: list[Job], tokenizer: Job, streams: dict[st
     return jobs
 
 
+def pack_memory(cfg: StudyConfig) -> float:
+    """Bytes one pack may use: ``pretrain.pack_memory_gb``, else this machine's GPU (or half its RAM)."""
+    p = cfg.pretrain
+    if p.pack_memory_gb is not None:
+        return p.pack_memory_gb * 1e9
+    if cfg.executor.kind == "slurm":
+        return SLURM_PACK_MEMORY_GB * 1e9
+    if p.device != "cpu" and torch.cuda.is_available():
+        index = torch.device(p.device).index if p.device.startswith("cuda") else None
+        return 0.9 * torch.cuda.get_device_properties(index or 0).total_memory
+    return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def pack_size(cfg: StudyConfig) -> tuple[int, str]:
+    """How many runs one pack holds (1: no packs), and why: ``pretrain.pack``, capped by what fits in memory.
+
+    No packs for T5 (the HF modules and the CPU-side objective pipeline are not fused), for
+    runs of several GPUs, or with gradient accumulation.
+    """
+    p = cfg.pretrain
+    if cfg.model.arch != "gpt":
+        return 1, f"model.arch={cfg.model.arch}: packs train GPT models only"
+    if cfg.executor.gpus_per_job > 1:
+        return 1, f"executor.gpus_per_job={cfg.executor.gpus_per_job}: a pack trains on one device"
+    if p.micro_batch_size not in (None, p.batch_size):
+        return 1, "pretrain.micro_batch_size is set: packs do not accumulate gradients"
+    if p.pack < 2:
+        return 1, f"pretrain.pack={p.pack}"
+    model = config_from_model_config(cfg.model, vocab_size=cfg.data.tokenizer.vocab_size, seq_len=cfg.data.seq_len)
+    n_params = count_parameters(cfg.model, vocab_size=cfg.data.tokenizer.vocab_size, seq_len=cfg.data.seq_len)
+    member = pack_bytes(n_params, batch_size=p.batch_size, seq_len=cfg.data.seq_len, d_model=model.d_model,
+                        n_layers=model.n_layers, vocab=model.vocab_size)
+    budget = pack_memory(cfg)
+    size = min(p.pack, int(budget // member))
+    if size < p.pack:
+        return max(size, 1), (f"pretrain.pack={p.pack}, but {budget / 1e9:.3g} GB (pretrain.pack_memory_gb) hold "
+                              f"{size} run{'s' if size != 1 else ''} of ≈{member / 1e9:.2g} GB")
+    return size, f"pretrain.pack={p.pack}"
+
+
+def packs(cfg: StudyConfig, jobs: list[Job], mixtures: list[Job]) -> list[Pack]:
+    """Group pretraining jobs into packs of runs of the same steps, at most :func:`pack_size` each.
+
+    A group of n runs is split into ceil(n / size) packs of even size (14 runs, size 8: two
+    packs of 7).
+    """
+    p = cfg.pretrain
+    size, note = pack_size(cfg)
+    if size < 2:
+        return []
+    sequences = {m.id: sum(m.key["sequences"].values()) for m in mixtures}
+    groups: dict[int, list[Job]] = {}
+    for job in jobs:  # runs of one pack train the same number of steps
+        try:
+            steps = resolve_budget(p, batches_per_epoch=sequences[job.inputs["mixture"]] // p.batch_size,
+                                   tokens_per_step=p.batch_size * cfg.data.seq_len)
+        except DataError:  # a mixture smaller than a batch: the run alone says so when it starts
+            continue
+        groups.setdefault(steps, []).append(job)
+    out = []
+    for group in groups.values():
+        n_packs = math.ceil(len(group) / size)
+        for i in range(n_packs):
+            members = group[i * len(group) // n_packs:(i + 1) * len(group) // n_packs]
+            if len(members) > 1:
+                out.append(Pack(f"{__name__}:run_pack", tuple(j.id for j in members), note))
+    return out
+
+
 def _under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
@@ -76,18 +161,64 @@ def run(ctx: JobContext) -> None:
         _torchrun(ctx, ctx.job.gpus)
         return
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    if rank0 and not list((ctx.out / "checkpoints").glob("step-*")):  # nothing to resume: drop a stale log
-        (ctx.out / "log.jsonl").unlink(missing_ok=True)
-    streams = ctx.stream_dirs()
-    # where the study is, seen from a checkpoint (work/ and jobs/ have the same depth)
-    record = {"labels": [Labels.from_dict({**lab, "study": ctx.cfg.name}).to_dict() for lab in ctx.job.labels],
-              "study_root": relative_to(ctx.root, ctx.out / "checkpoints" / "step-0"),
-              "heldout": {name: relative_to(d / "heldout", ctx.root) for name, d in streams.items()}}
-    ckpt = train(ctx.cfg, mixture_dir=ctx.input("mixture"), heldout={n: d / "heldout" for n, d in streams.items()},
+    if rank0:
+        _drop_stale_log(ctx)
+    ckpt = train(ctx.cfg, mixture_dir=ctx.input("mixture"), heldout=_heldout(ctx),
                  tokenizer_path=ctx.input("tokenizer") / TOKENIZER_FILE, seed=int(ctx.job.key["seed"]),
-                 out_dir=ctx.out, resume=True, record=record)
+                 out_dir=ctx.out, resume=True, record=_record(ctx))
     if rank0:
         atomic_write_text(ctx.out / FINAL_CHECKPOINT, os.path.relpath(ckpt, ctx.out) + "\n")
+
+
+def run_pack(ctxs: list[JobContext]) -> None:
+    """Pretrain several runs together (:func:`codemix.train.pack.train_pack`); each job directory as :func:`run`'s.
+
+    Members resume from their newest checkpoints; members that stopped at different steps (a
+    pack that grew, a member once run alone) train as separate packs, one per step.
+    """
+    cfg = ctxs[0].cfg
+    groups: dict[int, list[JobContext]] = {}
+    for ctx in ctxs:
+        _drop_stale_log(ctx)
+        steps = [int(d.name[5:]) for d in checkpoint_dirs(ctx.out) if checkpoint_problem(d) is None]
+        groups.setdefault(max(steps, default=0), []).append(ctx)
+    for group in groups.values():
+        with _all_cpu_threads():
+            final = train_pack(cfg, [PackMember(c.input("mixture"), int(c.job.key["seed"]), c.out, _record(c))
+                                     for c in group],
+                               heldout=_heldout(group[0]), tokenizer_path=group[0].input("tokenizer") / TOKENIZER_FILE)
+        for ctx, ckpt in zip(group, final):
+            atomic_write_text(ctx.out / FINAL_CHECKPOINT, os.path.relpath(ckpt, ctx.out) + "\n")
+
+
+@contextlib.contextmanager
+def _all_cpu_threads() -> Iterator[None]:
+    """A pack on a CPU uses every core the study left single-threaded (its operations are K times wider)."""
+    auto = os.environ.get("CODEMIX_AUTO_THREADS") == "1"
+    threads = torch.get_num_threads()
+    if auto:
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _drop_stale_log(ctx: JobContext) -> None:
+    if not list((ctx.out / "checkpoints").glob("step-*")):  # nothing to resume: the log of a lost attempt
+        (ctx.out / "log.jsonl").unlink(missing_ok=True)
+
+
+def _heldout(ctx: JobContext) -> dict[str, Path]:
+    return {name: d / "heldout" for name, d in ctx.stream_dirs().items()}
+
+
+def _record(ctx: JobContext) -> dict[str, Any]:
+    """What a checkpoint records of its place in the study (its labels, where the study and held-out data are)."""
+    # where the study is, seen from a checkpoint (work/ and jobs/ have the same depth)
+    return {"labels": [Labels.from_dict({**lab, "study": ctx.cfg.name}).to_dict() for lab in ctx.job.labels],
+            "study_root": relative_to(ctx.root, ctx.out / "checkpoints" / "step-0"),
+            "heldout": {name: relative_to(d / "heldout", ctx.root) for name, d in ctx.stream_dirs().items()}}
 
 
 def _torchrun(ctx: JobContext, nproc: int) -> None:

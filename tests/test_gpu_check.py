@@ -1,0 +1,51 @@
+"""benchmarks/gpu_check.sh --cpu: the GPU check at tiny sizes, so it cannot rot between GPU runs.
+
+The data comes from the bundle builder (benchmarks/gpu_bundle.py, data only: no PyPI at test
+time), so the bundle is checked to hold everything the check's study reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_gpu_check_runs_every_check_on_a_cpu_from_the_bundle(tmp_path, data_dir):
+    bundle = tmp_path / "bundle"
+    built = subprocess.run([sys.executable, "benchmarks/gpu_bundle.py", "--no-wheels", "--out", str(bundle)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    summary = json.loads(built.stdout.strip().splitlines()[-1])
+    assert summary["mib"] < 60 and summary["data_files"] >= 5
+    env = {**os.environ, "PYTHON": sys.executable, "CODEMIX_BUNDLE": str(bundle), "OMP_NUM_THREADS": "1"}
+    env.pop("CODEMIX_DATA")  # the bundle's data/ alone
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=840)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [x["check"] for x in lines] == ["train_124m", "train_t5_large_dec", "train_codet5_small", "pack_20m",
+                                           "study"], proc.stdout + proc.stderr[-2000:]
+    failed = [x for x in lines if not x["ok"]]
+    assert not failed and proc.returncode == 0, failed
+    study = lines[-1]
+    assert study["packs"] == [4] and study["report"] and study["result_rows"] > 0
+    assert set(study["stage_seconds"]) == {"tokenizer", "stream", "mixture", "pretrain", "eval", "analysis"}
+    pack = lines[3]
+    assert pack["k"] == 2 and pack["max_abs_loss_diff"] < 1e-4
+    assert all(x["ratio"] > 0 for x in lines[:4])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the check would run for minutes")
+def test_gpu_check_refuses_to_run_without_a_gpu_unless_asked_for_cpu():
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--cpu" in proc.stderr
