@@ -46,24 +46,41 @@ def _tiny_model(out: Path, vocab: int) -> Path:
     return save_tiny_model(out / "model", tok, arch="gpt", d_model=64, n_layers=2, n_heads=4, max_length=1024)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options the evaluation benchmarks share: the model (else a random tiny GPT), device, vocabulary, threads."""
     parser.add_argument("--model", help="codemix checkpoint/run directory or HF directory (default: random tiny GPT)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
-    parser.add_argument("--limit", type=int, default=40, help="examples per BIG-bench task (default 40)")
-    parser.add_argument("--docs", type=int, default=8, help="Python documents for perplexity (default 8)")
     parser.add_argument("--vocab", type=int, default=4096, help="tokenizer vocabulary of the tiny model")
-    parser.add_argument("--window", type=int, default=None,
-                        help="perplexity window in tokens (default: the model's training length, else its context)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    args = parser.parse_args(argv)
 
+
+def setup_torch(args: argparse.Namespace) -> None:
+    """Tokenizers single-threaded (the benchmark times torch), torch's CPU threads as asked."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def model_path(args: argparse.Namespace, tmp: Path) -> Path:
+    """``--model``, else a random tiny GPT written under ``tmp``."""
+    return Path(args.model) if args.model else _tiny_model(tmp, args.vocab)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    parser.add_argument("--limit", type=int, default=40, help="examples per BIG-bench task (default 40)")
+    parser.add_argument("--docs", type=int, default=8, help="Python documents for perplexity (default 8)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="perplexity window in tokens (default: the model's training length, else its context)")
+    add_model_options(parser)
+    args = parser.parse_args(argv)
+
+    setup_torch(args)
+    import torch
+
     from codemix.config import BigbenchEvalConfig
     from codemix.evals import bigbench as bb
     from codemix.evals.benchmark import EvalContext
@@ -72,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from codemix.evals.registry import BENCHMARKS
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = Path(args.model) if args.model else _tiny_model(Path(tmp), args.vocab)
-        handle = load_handle(model_path, device=args.device, batch_size=args.batch_size)
+        path = model_path(args, Path(tmp))
+        handle = load_handle(path, device=args.device, batch_size=args.batch_size)
         n_params = sum(p.numel() for p in handle.model.parameters())
 
         def timed(fn):

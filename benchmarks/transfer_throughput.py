@@ -23,28 +23,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
+from eval_throughput import add_model_options, model_path, setup_torch
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="codemix checkpoint/run directory or HF directory (default: random tiny GPT)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--problems", type=int, default=24, help="HumanEval-X problems per language (default 24)")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="solution scoring batch (default 8, the config's; on a CPU 1 is fastest: no padding)")
     parser.add_argument("--tokens", type=int, default=20_000, help="adaptation budget in tokens (default 20000)")
     parser.add_argument("--seq-len", type=int, default=128, help="adaptation sequence length (default 128)")
-    parser.add_argument("--vocab", type=int, default=4096, help="tokenizer vocabulary of the tiny model")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_model_options(parser)
     args = parser.parse_args(argv)
+    setup_torch(args)
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
-    from eval_throughput import _tiny_model
 
     from codemix.config import SolutionsEvalConfig
     from codemix.evals.adapt import load_corpus, split_corpus
@@ -52,11 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     from codemix.evals.solutions import load_solutions, score_solutions
     from codemix.train.finetune import continue_pretraining
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = Path(args.model) if args.model else _tiny_model(Path(tmp), args.vocab)
-        handle = load_handle(model_path, device=args.device, batch_size=16)
+        path = model_path(args, Path(tmp))
+        handle = load_handle(path, device=args.device, batch_size=16)
         model = handle.model
 
         # solution scoring: the benchmark's path vs one full forward pass per request

@@ -21,36 +21,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
+from eval_throughput import add_model_options, model_path, setup_torch
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="codemix checkpoint/run directory or HF directory (default: random tiny GPT)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--steps", type=int, default=20, help="finetuning steps (default 20)")
     parser.add_argument("--batch-size", type=int, default=16, help="finetuning batch (default 16)")
     parser.add_argument("--score", type=int, default=256, help="examples scored (default 256)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per example (default 128)")
-    parser.add_argument("--vocab", type=int, default=4096, help="tokenizer vocabulary of the tiny model")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_model_options(parser)
     args = parser.parse_args(argv)
+    setup_torch(args)
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import numpy as np
     import torch
-    from eval_throughput import _tiny_model
 
     from codemix.config import FinetuneConfig, VulnEvalConfig
     from codemix.data.vuln import load_sets
     from codemix.evals.handle import load_handle
     from codemix.evals.vuln import Classifier, _collate, encode_examples, train_classifier
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     examples = load_sets(["juliet_c", "juliet_java"])
     rng = np.random.default_rng(0)
     picked = [examples[i] for i in rng.permutation(len(examples))[: args.steps * args.batch_size + args.score]]
@@ -58,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = VulnEvalConfig(max_tokens=args.max_tokens, balance="none", finetune=FinetuneConfig(
         steps=args.steps, batch_size=args.batch_size, lr=1e-4, warmup_steps=0))
     with tempfile.TemporaryDirectory() as tmp:
-        model_path = Path(args.model) if args.model else _tiny_model(Path(tmp), args.vocab)
-        handle = load_handle(model_path, device=args.device)
+        path = model_path(args, Path(tmp))
+        handle = load_handle(path, device=args.device)
         model = handle.model
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         max_tokens = min(args.max_tokens, handle.train_length or handle.max_length, handle.max_length)
