@@ -11,7 +11,8 @@ in this process, on the same random token rows:
 Both go through the one loop (:func:`codemix.train.loop.run_loop`: AdamW, clipping per model,
 bf16 autocast and torch.compile on CUDA, fp32 eager on a CPU). After ``--warmup`` untimed
 steps (compilation), ``--steps`` steps are timed. ``ratio`` = pack tokens/s over sequential
-tokens/s; ``max_abs_loss_diff`` is the largest difference between a member's loss in the pack
+tokens/s, each path's fastest of ``--rounds`` rounds (these machines are noisy; each round
+times both paths back to back, and ``round_ratios`` lists every round's ratio); ``max_abs_loss_diff`` is the largest difference between a member's loss in the pack
 and the same model's loss trained alone, over every timed step (they are the same runs).
 
 Threads on a CPU: each path runs with the torch threads a study gives it — a single run one
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=None, help="vocabulary (default: 2048 CPU, 32768 GPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 CPU, 30 GPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3 CPU, 10 GPU)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="time each K this many times, keep each path's fastest (default: 3 CPU, 1 GPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="torch.compile both paths (default: on CUDA only)")
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab, steps, warmup = args.vocab or (32768 if gpu else 2048), args.steps or (30 if gpu else 20), \
         args.warmup or (10 if gpu else 3)
     compile_model = gpu if args.compile == "auto" else args.compile == "on"
+    rounds = args.rounds or (1 if gpu else 3)
     cfg = GPTConfig(vocab_size=vocab, **{**PRESETS[args.preset], "max_seq_len": max(seq_len, 1024)})
 
     for k in [int(x) for x in args.ks.split(",")]:
@@ -118,39 +122,44 @@ def main(argv: list[str] | None = None) -> int:
             models.append(GPT(cfg).to(device))
         pack = PackedGPT(models, [{"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(device)}
                                                                       if gpu else {})}] * k).to(device)
-        seq_seconds: dict[int, float] = {}
-        for threads in sorted(thread_counts):  # each model from the same initial weights at each thread count
-            if not gpu:
-                torch.set_num_threads(threads)
-            seq_seconds[threads], seq_losses = 0.0, []
-            for m, model in enumerate(models):
-                model = copy.deepcopy(model)
-                seconds, losses = _train(model, rows[m], lambda mod, b, s: {"loss": mod(b[:, :-1], b[:, 1:])},
-                                         clip=None, steps=steps, device=device, compile_model=compile_model)
-                seq_seconds[threads] += seconds
-                seq_losses.append(losses)
         packed_rows = [torch.stack([rows[m][i] for m in range(k)]) for i in range(warmup + steps)]
 
         def pack_loss(mod, b, s):
             losses = mod(b[..., :-1], b[..., 1:])
             return {"loss": losses.sum(), "member_loss": losses.detach()}
 
-        if not gpu:
-            torch.set_num_threads(pack_threads)
-        pack_seconds, pack_losses = _train(pack, packed_rows, pack_loss, clip=clip_per_member, steps=steps,
-                                           device=device, compile_model=compile_model)
-        tokens = k * steps * batch * seq_len
-        members = [x if isinstance(x, list) else [x] for x in pack_losses]  # K = 1 logs a number, not a list
-        diff = max(abs(members[i][m] - seq_losses[m][i]) for m in range(k) for i in range(steps))
         single = min(thread_counts)  # the threads a study gives one run
+        seq_times: dict[int, list[float]] = {t: [] for t in thread_counts}
+        pack_times, diff = [], 0.0
+        for _ in range(rounds):  # every round trains the same models from the same weights on the same rows
+            for threads in sorted(thread_counts):
+                if not gpu:
+                    torch.set_num_threads(threads)
+                seconds_all, seq_losses = 0.0, []
+                for m, model in enumerate(models):
+                    model = copy.deepcopy(model)
+                    seconds, losses = _train(model, rows[m], lambda mod, b, s: {"loss": mod(b[:, :-1], b[:, 1:])},
+                                             clip=None, steps=steps, device=device, compile_model=compile_model)
+                    seconds_all += seconds
+                    seq_losses.append(losses)
+                seq_times[threads].append(seconds_all)
+            if not gpu:
+                torch.set_num_threads(pack_threads)
+            pack_seconds, pack_losses = _train(copy.deepcopy(pack), packed_rows, pack_loss, clip=clip_per_member,
+                                               steps=steps, device=device, compile_model=compile_model)
+            members = [x if isinstance(x, list) else [x] for x in pack_losses]  # K = 1 logs a number, not a list
+            diff = max(diff, *(abs(members[i][m] - seq_losses[m][i]) for m in range(k) for i in range(steps)))
+            pack_times.append(pack_seconds)
+        tokens = k * steps * batch * seq_len
+        seq_best, pack_best = min(seq_times[single]), min(pack_times)
         line = {"preset": args.preset, "device": torch.cuda.get_device_name(device) if gpu else "cpu",
                 "k": k, "batch_size": batch, "seq_len": seq_len, "steps": steps, "compile": compile_model,
-                "pack_tokens_per_s": round(tokens / pack_seconds, 1),
-                "sequential_tokens_per_s": round(tokens / seq_seconds[single], 1),
-                "ratio": round(seq_seconds[single] / pack_seconds, 3), "max_abs_loss_diff": float(f"{diff:.3g}")}
+                "pack_tokens_per_s": round(tokens / pack_best, 1), "sequential_tokens_per_s": round(tokens / seq_best, 1),
+                "ratio": round(seq_best / pack_best, 3), "max_abs_loss_diff": float(f"{diff:.3g}"),
+                "round_ratios": [round(a / b, 3) for a, b in zip(seq_times[single], pack_times)]}
         if not gpu:
             line.update(sequential_threads=single, pack_threads=pack_threads,
-                        ratio_same_threads=round(seq_seconds[pack_threads] / pack_seconds, 3))
+                        ratio_same_threads=round(min(seq_times[pack_threads]) / pack_best, 3))
         print(json.dumps(line), flush=True)
     return 0
 
