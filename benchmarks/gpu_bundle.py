@@ -53,6 +53,10 @@ portalocker psutil pyarrow pygments pyparsing python-dateutil pyyaml regex reque
 scikit-learn scipy setuptools shellingham six statsmodels sympy tabulate threadpoolctl tokenizers torch tqdm
 transformers typer typing-extensions urllib3 wrapt xxhash
 """.split())
+#: Carried all the same: the image's version is unknown and the bundled wheels need a recent one (pydantic-core
+#: requires typing-extensions>=4.16; pydantic imports its ``Sentinel``, new in 4.14, and fails to import on 4.12).
+#: A newer typing-extensions only adds, so the bundle's copy (first on PYTHONPATH) can shadow the image's.
+CARRY_ANYWAY = frozenset({"typing-extensions"})
 
 
 def _norm(name: str) -> str:
@@ -79,7 +83,7 @@ def missing_requirements() -> list[str]:
             if req.marker is None or req.marker.evaluate({**env, "extra": ""}):
                 todo.append(_norm(req.name))
     seen.pop("codemix")
-    return sorted(f"{name}=={version}" for name, version in seen.items() if name not in DEVICE_HAS)
+    return sorted(f"{name}=={version}" for name, version in seen.items() if name not in DEVICE_HAS - CARRY_ANYWAY)
 
 
 def download_wheels(requirements: list[str], dest: Path) -> None:
