@@ -40,7 +40,7 @@ def test_gpu_check_runs_every_check_on_a_cpu_from_the_bundle(tmp_path, data_dir)
     assert study["packs"] == [4] and study["report"] and study["result_rows"] > 0
     assert set(study["stage_seconds"]) == {"tokenizer", "stream", "mixture", "pretrain", "eval", "analysis"}
     pack = lines[3]
-    assert pack["k"] == 2 and pack["max_abs_loss_diff"] < 1e-4
+    assert pack["k"] == 2 and pack["compile"] and pack["max_abs_loss_diff"] < 1e-4  # compiled: pack = single runs
     assert all(x["ratio"] > 0 for x in lines[:4])
 
 
