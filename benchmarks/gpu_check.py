@@ -12,8 +12,9 @@ Every CUDA path of codemix in one run of at most 8 minutes on one H100:
 
 ``--cpu`` runs the same checks at tiny sizes on a CPU (tests/test_gpu_check.py does), so the
 script cannot rot between GPU runs; its pack check is compiled, as on a GPU (torch.compile
-traces the packed model the same way for both; only Inductor's code generation differs). A failing check prints ``"ok": false`` with the end of its
-output and the others still run; the exit status is 1 if any failed.
+traces the packed model the same way for both; only Inductor's code generation differs). A
+failing check prints ``"ok": false`` with the end of its output and the others still run; the
+exit status is 1 if any failed.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Both go through the one loop (:func:`codemix.train.loop.run_loop`: AdamW, clippi
 bf16 autocast and torch.compile on CUDA, fp32 eager on a CPU). After ``--warmup`` untimed
 steps (compilation), ``--steps`` steps are timed. ``ratio`` = pack tokens/s over sequential
 tokens/s, each path's fastest of ``--rounds`` rounds (these machines are noisy; each round
-times both paths back to back, and ``round_ratios`` lists every round's ratio); ``max_abs_loss_diff`` is the largest difference between a member's loss in the pack
-and the same model's loss trained alone, over every timed step (they are the same runs).
+times both paths back to back, and ``round_ratios`` lists every round's ratio);
+``max_abs_loss_diff`` is the largest difference between a member's loss in the pack and the
+same model's loss trained alone, over every timed step (they are the same runs).
 
 Threads on a CPU: each path runs with the torch threads a study gives it — a single run one
 thread (:func:`codemix.study.scheduler.limit_cpu_threads`), a pack every core — and
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         seq_best, pack_best = min(seq_times[single]), min(pack_times)
         line = {"preset": args.preset, "device": torch.cuda.get_device_name(device) if gpu else "cpu",
                 "k": k, "batch_size": batch, "seq_len": seq_len, "steps": steps, "compile": compile_model,
-                "pack_tokens_per_s": round(tokens / pack_best, 1), "sequential_tokens_per_s": round(tokens / seq_best, 1),
+                "pack_tokens_per_s": round(tokens / pack_best, 1),
+                "sequential_tokens_per_s": round(tokens / seq_best, 1),
                 "ratio": round(seq_best / pack_best, 3), "max_abs_loss_diff": float(f"{diff:.3g}"),
                 "round_ratios": [round(a / b, 3) for a, b in zip(seq_times[single], pack_times)]}
         if not gpu:
