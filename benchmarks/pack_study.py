@@ -48,6 +48,14 @@ def _final_losses(plan: Plan) -> dict[str, float]:
     return losses
 
 
+def _run(plan: Plan, stage: str, tmp: str) -> None:
+    """Run the plan's jobs of ``stage``; a failure stops here and keeps ``tmp``, where its record is."""
+    summary = run_targets(plan, plan.by_stage(stage), show_plan=False)
+    if summary.failed or summary.blocked:
+        raise SystemExit(f"{stage} failed: {summary.failed or summary.blocked}; `codemix study status` in "
+                         f"{plan.root} shows the error (the directory {tmp} is kept)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", nargs="?", default="studies/demo.yaml", help="study YAML (default studies/demo.yaml)")
@@ -55,30 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="time each path this many times, keep the fastest")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="codemix-pack-study-") as tmp:
-        data = Path(tmp) / "data"
-        plan = _plan(args.study, args.set, data, None)
-        run_targets(plan, plan.by_stage("mixture"), show_plan=False)  # the tokenizer, streams and mixtures, once
-        seconds: dict[str, float] = {}
-        losses: dict[str, dict[str, float]] = {}
-        packs: dict[str, list[int]] = {}
-        for _ in range(args.repeat):
-            for name, pack in (("single", 1), ("pack", None)):
-                out = Path(tmp) / name
-                shutil.rmtree(out, ignore_errors=True)
-                shutil.copytree(data, out)
-                plan = _plan(args.study, args.set, out, pack)
-                start = time.perf_counter()
-                summary = run_targets(plan, plan.by_stage("pretrain"), show_plan=False)
-                elapsed = time.perf_counter() - start
-                if summary.failed or summary.blocked:
-                    raise SystemExit(f"pretraining failed ({name}): {summary.failed or summary.blocked}; "
-                                     f"see {out}/failures")
-                seconds[name] = min(seconds.get(name, elapsed), elapsed)
-                losses[name] = _final_losses(plan)
-                packs[name] = [len(p.members) for p in plan.packs]
+    tmp = tempfile.mkdtemp(prefix="codemix-pack-study-")  # kept if a job fails: its failure record is there
+    data = Path(tmp) / "data"
+    plan = _plan(args.study, args.set, data, None)
+    _run(plan, "mixture", tmp)  # the tokenizer, streams and mixtures, once
+    seconds: dict[str, float] = {}
+    losses: dict[str, dict[str, float]] = {}
+    for _ in range(args.repeat):
+        for name, pack in (("single", 1), ("pack", None)):
+            out = Path(tmp) / name
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(data, out)
+            plan = _plan(args.study, args.set, out, pack)
+            start = time.perf_counter()
+            _run(plan, "pretrain", tmp)
+            elapsed = time.perf_counter() - start
+            seconds[name] = min(seconds.get(name, elapsed), elapsed)
+            losses[name] = _final_losses(plan)
+    shutil.rmtree(tmp)
     diff = max(abs(losses["single"][j] - losses["pack"][j]) for j in losses["single"])
-    print(json.dumps({"study": args.study, "runs": len(losses["single"]), "packs": packs["pack"],
+    print(json.dumps({"study": args.study, "runs": len(losses["single"]), "packs": [len(p.members) for p in plan.packs],
                       "single_s": round(seconds["single"], 1), "pack_s": round(seconds["pack"], 1),
                       "ratio": round(seconds["single"] / seconds["pack"], 3),
                       "max_abs_final_loss_diff": float(f"{diff:.3g}")}), flush=True)
