@@ -38,7 +38,8 @@ from codemix.study.stages.tokenizer import TOKENIZER_FILE
 from codemix.train.pack import PackMember, pack_bytes, train_pack
 from codemix.train.pretrain import resolve_budget, train
 
-__all__ = ["EXECUTION_FIELDS", "checkpoint_of", "pack_memory", "pack_size", "packs", "plan", "run", "run_pack", "train_tokens"]
+__all__ = ["EXECUTION_FIELDS", "checkpoint_of", "pack_memory", "pack_size", "packs", "plan", "run", "run_pack",
+           "train_tokens"]
 
 #: Pretraining fields that change how a run is executed, logged or checkpointed, not what it
 #: computes; they are left out of the key (e.g. enabling W&B, or packing runs, does not retrain).
@@ -93,8 +94,12 @@ def pack_memory(cfg: StudyConfig) -> float:
 def pack_size(cfg: StudyConfig) -> tuple[int, str]:
     """How many runs one pack holds (1: no packs), and why: ``pretrain.pack``, capped by what fits in memory.
 
-    No packs for T5 (the HF modules and the CPU-side objective pipeline are not fused), for
-    runs of several GPUs, or with gradient accumulation.
+    No packs for T5: its network is Hugging Face's module as is (what export hands on), and
+    the one generic way to batch it, ``torch.func.vmap`` over ``functional_call``, runs but
+    measured slower than one run after another on a CPU (eager attention only: SDPA's CPU
+    kernel cannot differentiate the batched position bias) and draws dropout (0.1 in the
+    CodeT5 presets) from one stream, so a pack could not equal its members' single runs. No
+    packs either for runs of several GPUs, or with gradient accumulation.
     """
     p = cfg.pretrain
     if cfg.model.arch != "gpt":
