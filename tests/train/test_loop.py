@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 #: In a fresh process, a "step" that allocates 64 MiB of activations, writes them and frees them,
-#: timed in page faults per step: with glibc's defaults, then after keep_freed_memory().
+#: counted in page faults per step: with glibc's defaults, then after keep_freed_memory().
 SCRIPT = r"""
 import resource
 import torch

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import math
 import platform
@@ -264,6 +265,7 @@ def _batches_forever(batches: Iterable[Any]) -> Iterator[Any]:
             raise DataError("the training data yields no batches; is the mixture smaller than one batch?")
 
 
+@functools.cache  # a setting of the process: once is enough
 def keep_freed_memory() -> bool:
     """Let this process keep the memory a training step frees, for the next step (glibc only).
 
