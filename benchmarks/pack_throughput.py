@@ -16,10 +16,11 @@ times both paths back to back, and ``round_ratios`` lists every round's ratio);
 ``max_abs_loss_diff`` is the largest difference between a member's loss in the pack and the
 same model's loss trained alone, over every timed step (they are the same runs).
 
-Threads on a CPU: each path runs with the torch threads a study gives it — a single run one
-thread (:func:`codemix.study.scheduler.limit_cpu_threads`), a pack every core — and
-``ratio_same_threads`` compares the pack with the sequential runs at the pack's thread count
-too (the fusion alone, without the cores a single tiny run leaves idle).
+Threads on a CPU: each path runs with the threads a study gives it — a single run one torch
+thread (:func:`codemix.study.scheduler.limit_cpu_threads`), a pack every core, as groups of
+members in threads of one torch thread each (:func:`codemix.train.pack.member_threads`) — and
+``ratio_same_threads`` compares the pack with the sequential runs on the pack's thread count
+of torch threads too (what the pack gains over giving a single run every core).
 
     python benchmarks/pack_throughput.py                      # CPU, `tiny`
     python benchmarks/pack_throughput.py --preset 20m --ks 8  # GPU (the target: ratio >= 3 at K = 8)
@@ -28,6 +29,7 @@ too (the fusion alone, without the cores a single tiny run leaves idle).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -38,7 +40,7 @@ import torch
 from codemix.models.gpt import GPT, PRESETS, GPTConfig
 from codemix.train.distributed import DistContext, resolve_device
 from codemix.train.loop import LoopSpec, LoopState, RunLogger, build_optimizer, run_loop
-from codemix.train.pack import PackedGPT, clip_per_member
+from codemix.train.pack import PackedGPT, clip_per_member, member_threads
 
 
 class _Rows:
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="torch.compile both paths (default: on CUDA only)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads of the pack (default: every core, as a study runs a pack)")
+                        help="CPU threads of the pack, one per group of members (default: every core, as a "
+                             "study runs a pack)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
@@ -146,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                 seq_times[threads].append(seconds_all)
             if not gpu:
                 torch.set_num_threads(pack_threads)
-            pack_seconds, pack_losses = _train(copy.deepcopy(pack), packed_rows, pack_loss, clip=clip_per_member,
-                                               steps=steps, device=device, compile_model=compile_model)
+            packed = copy.deepcopy(pack)
+            with contextlib.nullcontext() if compile_model else member_threads(packed):  # as train_pack runs it
+                pack_seconds, pack_losses = _train(packed, packed_rows, pack_loss, clip=clip_per_member,
+                                                   steps=steps, device=device, compile_model=compile_model)
             members = [x if isinstance(x, list) else [x] for x in pack_losses]  # K = 1 logs a number, not a list
             diff = max(diff, *(abs(members[i][m] - seq_losses[m][i]) for m in range(k) for i in range(steps)))
             pack_times.append(pack_seconds)

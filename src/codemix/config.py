@@ -278,7 +278,8 @@ class PretrainConfig(_Config):
     pack: int = Field(8, gt=0)
     """Train up to this many GPT runs of a study together in one process, as one fused model (`codemix.train.pack`):
     same results, higher throughput for small models. Default: 8; 1: one run per process. The planner splits
-    packs that would not fit in `pack_memory_gb`."""
+    packs that would not fit in `pack_memory_gb`; on a CPU, whose threads each train a group of a pack's
+    members, it makes packs of multiples of the thread count."""
     pack_memory_gb: float | None = Field(None, gt=0)
     """Memory one pack may use (weights, AdamW state and activations of all members). Default: the GPU's memory
     (or half the RAM without one) of the machine that plans; 40 with `executor.kind: slurm`."""

@@ -97,7 +97,8 @@ def test_compute_estimate_is_6ND_on_the_stated_gpu():
     assert gpu_hours(job.flops) == pytest.approx(job.flops / (GPU_PEAK_FLOPS * MFU) / 3600)
 
 
-def test_study_plan_command_prints_stages_compute_and_progress(capsys, tmp_path):
+def test_study_plan_command_prints_stages_compute_and_progress(capsys, tmp_path, monkeypatch):
+    _cpu_threads_for_packs(monkeypatch, 2)  # as on a 2-core laptop
     study = tmp_path / "s.yaml"
     study.write_text(DEMO.read_text().replace("out: runs/demo", f"out: {tmp_path / 'out'}"))
     assert main(["study", "plan", str(study)]) == 0
@@ -106,7 +107,8 @@ def test_study_plan_command_prints_stages_compute_and_progress(capsys, tmp_path)
                  "lang-only-m0"):
         assert word in out, word
     assert re.search(r"pretrain\s*│\s*14\s*│\s*0\s*│", out)  # 14 jobs, none done
-    assert "14 of 14 runs in 2 packs (7, 7)" in out
+    assert "14 of 14 runs in 2 packs (6, 8)" in out and "pretrain.pack=8 (1: one run per process); sizes in " \
+        "multiples of 2" in re.sub(r"\s+", " ", out)
     # mark one job done: the plan shows it
     plan = plan_study(load_study(study), root=tmp_path / "out")
     tok = plan.by_stage("tokenizer")[0]
@@ -165,7 +167,14 @@ def test_t5_parameter_counts_come_from_the_model_class():
     assert 59e6 < n < 62e6
 
 
-def test_pretraining_runs_are_packed_by_steps_size_and_memory_and_packs_never_change_a_key():
+def _cpu_threads_for_packs(monkeypatch, n: int | None) -> None:
+    """A pack gets n CPU threads as `codemix study run` gives them (every core: n of them); None: 1 (a GPU's)."""
+    monkeypatch.setenv("CODEMIX_AUTO_THREADS", "1")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(n or 1)))
+
+
+def test_pretraining_runs_are_packed_by_steps_size_and_memory_and_packs_never_change_a_key(monkeypatch):
+    _cpu_threads_for_packs(monkeypatch, None)
     plan = _plan()
     runs = plan.by_stage("pretrain")
     # 14 runs of 150 steps, pretrain.pack = 8: two packs of 7, every run in exactly one
@@ -190,3 +199,20 @@ def test_pretraining_runs_are_packed_by_steps_size_and_memory_and_packs_never_ch
     # a sub-plan keeps the packs of its own runs
     sub = plan.with_inputs(runs[:3])
     assert all(set(p.members) <= set(sub.jobs) for p in sub.packs) and sub.packs
+
+
+@pytest.mark.parametrize(("threads", "pack", "sizes"), [(2, 8, [6, 8]), (2, 4, [2, 4, 4, 4]), (3, 8, [3, 5, 6]),
+                                                         (16, 8, [6, 8]), (1, 8, [7, 7])])
+def test_cpu_packs_come_in_multiples_of_the_threads_that_train_their_members(monkeypatch, threads, pack, sizes):
+    """On a CPU a pack takes as long as its largest group of members (one group per thread): 14 runs on 2 threads
+    train as 6 + 8 (3 + 4 members a thread in turn), not as 7 + 7 (4 + 4)."""
+    _cpu_threads_for_packs(monkeypatch, threads)
+    plan = _plan(f"pretrain.pack={pack}")
+    assert sorted(len(p.members) for p in plan.packs) == sizes
+    assert sorted(m for p in plan.packs for m in p.members) == sorted(j.id for j in plan.by_stage("pretrain"))
+    assert ("multiples of" in plan.packs[0].note) == (threads > 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's count, not every core
+    monkeypatch.delenv("CODEMIX_AUTO_THREADS")
+    slurm = _plan(f"pretrain.pack={pack}", "executor.kind=slurm", "executor.partition=gpu")  # 1 at a time
+    assert sorted(len(p.members) for p in _plan(f"pretrain.pack={pack}").packs) == \
+        sorted(len(p.members) for p in slurm.packs)

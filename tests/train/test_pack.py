@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +16,7 @@ from codemix.config import validate_study
 from codemix.evals.handle import load_handle
 from codemix.models.gpt import GPT, GPTConfig
 from codemix.study.commands import build_data
-from codemix.train.pack import PackedGPT, PackMember, clip_per_member, train_pack
+from codemix.train.pack import PackedGPT, PackMember, clip_per_member, member_threads, train_pack
 from codemix.train.pretrain import train
 
 #: Three mixtures (m = 0, 0.25, 0.5) of English and Python; dropout on, so each member's own random
@@ -62,8 +64,19 @@ def runs(study, tmp_path_factory):
         train(cfg, mixture_dir=m.mixture_dir, heldout=heldout, tokenizer_path=data.tokenizer_path, seed=m.seed,
               out_dir=m.out_dir, record=m.record)
     packed = _members(data, root / "pack")
-    finals = train_pack(cfg, packed, heldout=heldout, tokenizer_path=data.tokenizer_path)
+    with _torch_threads(2):  # as a study gives a pack 2 cores: its 3 members train in 2 groups, in threads
+        finals = train_pack(cfg, packed, heldout=heldout, tokenizer_path=data.tokenizer_path)
     return single, packed, finals, heldout
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_pack_equals_separate_runs_step_by_step(runs):
@@ -108,7 +121,10 @@ def test_a_member_checkpoint_is_an_ordinary_checkpoint(runs, tmp_path):
 
 
 def test_a_killed_pack_resumes_every_member(study, runs, tmp_path):
-    """Kill after step 8 (the checkpoint of step 8 on disk), rerun: the same loss curves as uninterrupted."""
+    """Kill after step 8 (the checkpoint of step 8 on disk), rerun: the same loss curves as uninterrupted.
+
+    The rerun trains on one thread (one group), the uninterrupted pack trained in two groups.
+    """
     cfg, data = study
     _, packed, _, heldout = runs
     killed = _members(data, tmp_path)
@@ -144,3 +160,32 @@ def test_per_member_clipping_equals_clip_grad_norm_of_each_model():
     for k, model in enumerate(models):
         for name, g in model._clipped.items():
             assert torch.allclose(pack.w(name).grad[k], g, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_member_groups_in_threads_compute_what_one_thread_computes(dropout):
+    """5 members in groups of 2 and 3, each in its own thread: the same losses, gradients and random streams."""
+    cfg = GPTConfig(vocab_size=64, d_model=32, n_heads=2, d_ff=48, n_layers=2, dropout=dropout, tie_embeddings=True)
+    models = []
+    for m in range(5):
+        torch.manual_seed(m)
+        models.append(GPT(cfg))
+    one = PackedGPT(models, [{"cpu": torch.Generator().manual_seed(m).get_state()} for m in range(5)])
+    grouped = copy.deepcopy(one)
+    x = torch.randint(0, 64, (5, 3, 17), generator=torch.Generator().manual_seed(0))
+    losses = one(x[..., :-1], x[..., 1:])
+    (losses.sum() / 2).backward()
+    with _torch_threads(2):
+        with member_threads(grouped):
+            assert grouped.workers == 2 and grouped.map_groups(lambda members: torch.get_num_threads()) == [1, 1]
+            assert [list(r) for r in grouped.member_groups()] == [[0, 1], [2, 3, 4]]
+            grouped_losses = grouped(x[..., :-1], x[..., 1:])
+            (grouped_losses.sum() / 2).backward()
+            with torch.no_grad():  # evaluation: groups in threads too, no graph
+                evaluated = grouped.eval()(x[..., :-1], x[..., 1:])
+                assert torch.equal(evaluated, one.eval()(x[..., :-1], x[..., 1:])) and not evaluated.requires_grad
+        assert grouped.workers == 1 and torch.get_num_threads() == 2  # restored
+    assert torch.equal(grouped_losses, losses)
+    for (name, a), b in zip(one.named_parameters(), grouped.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    assert all(torch.equal(a["cpu"], b["cpu"]) for a, b in zip(one.rng_states, grouped.rng_states))

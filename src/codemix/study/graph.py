@@ -144,7 +144,7 @@ def print_plan(plan: Plan, *, jobs: bool = True, console: Any = None) -> None:
         packed = sum(len(p.members) for p in plan.packs)
         console.print(f"pretraining: {packed} of {len(runs)} runs in {len(plan.packs)} packs "
                       f"({', '.join(str(len(p.members)) for p in plan.packs)}), each trained as one model in one "
-                      f"process; {plan.packs[0].note} (1: one run per process)")
+                      f"process; {plan.packs[0].note}")
     elif len(runs) > 1:
         console.print(f"pretraining: one run per process ({pretrain.pack_size(cfg)[1]})")
 

@@ -654,7 +654,7 @@ def limit_cpu_threads(console: Console | None) -> None:
     CPU studies are tiny models, which gain little from intra-op threads, and OpenMP threads
     spin-wait: on shared or busy cores a 2-thread tiny-GPT step measured 15x the CPU time of
     a 1-thread step. Set OMP_NUM_THREADS to choose another count (child processes inherit it).
-    A pack of runs, whose operations are K times wider, takes every core again
+    A pack of runs takes every core again, one per group of its members
     (``CODEMIX_AUTO_THREADS`` tells it the count was chosen here, not by the user).
     """
     if "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():

@@ -122,16 +122,45 @@ def pack_size(cfg: StudyConfig) -> tuple[int, str]:
     return size, f"pretrain.pack={p.pack}"
 
 
+def pack_width(cfg: StudyConfig) -> int:
+    """Members a pack of this study trains at once: on this machine's CPU, one per thread it gets; else 1.
+
+    A pack on a CPU trains its members in groups, one thread each
+    (:func:`codemix.train.pack.member_threads`), so it takes as long as its largest group.
+    """
+    p = cfg.pretrain
+    if cfg.executor.kind != "local" or (p.device != "cpu" and torch.cuda.is_available()):
+        return 1
+    return pack_cpu_threads()
+
+
+def pack_cpu_threads() -> int:
+    """CPU threads a pack trains on: every core, unless the user chose a count (``OMP_NUM_THREADS``).
+
+    (Without a user's count, ``codemix study run`` runs each job on one thread and every pack on
+    all cores: :func:`codemix.study.scheduler.limit_cpu_threads`.)
+    """
+    if os.environ.get("CODEMIX_AUTO_THREADS") == "1" or "OMP_NUM_THREADS" not in os.environ:
+        return len(os.sched_getaffinity(0))
+    return torch.get_num_threads()
+
+
 def packs(cfg: StudyConfig, jobs: list[Job], mixtures: list[Job]) -> list[Pack]:
     """Group pretraining jobs into packs of runs of the same steps, at most :func:`pack_size` each.
 
-    A group of n runs is split into ceil(n / size) packs of even size (14 runs, size 8: two
-    packs of 7).
+    A group of n runs is split into as few packs as fit, of even size, in multiples of the
+    members a pack trains at once (:func:`pack_width`). 14 runs with size 8: on a GPU two
+    packs of 7; on 2 CPU cores packs of 6 and 8, whose groups (3 + 3, 4 + 4 members) train
+    in the time of 7 members one after another, where two packs of 7 (3 + 4 each) take 8.
     """
     p = cfg.pretrain
     size, note = pack_size(cfg)
     if size < 2:
         return []
+    width = min(pack_width(cfg), size)
+    note += " (1: one run per process)"
+    if width > 1:
+        note += f"; sizes in multiples of {width}, the CPU threads a pack trains its members on"
     sequences = {m.id: sum(m.key["sequences"].values()) for m in mixtures}
     groups: dict[int, list[Job]] = {}
     for job in jobs:  # runs of one pack train the same number of steps
@@ -142,10 +171,11 @@ def packs(cfg: StudyConfig, jobs: list[Job], mixtures: list[Job]) -> list[Pack]:
             continue
         groups.setdefault(steps, []).append(job)
     out = []
-    for group in groups.values():
-        n_packs = math.ceil(len(group) / size)
+    for group in groups.values():  # split into chunks of `width` runs, the chunks evenly into packs
+        chunks = math.ceil(len(group) / width)
+        n_packs = math.ceil(chunks / (size // width))
         for i in range(n_packs):
-            members = group[i * len(group) // n_packs:(i + 1) * len(group) // n_packs]
+            members = group[i * chunks // n_packs * width:(i + 1) * chunks // n_packs * width]
             if len(members) > 1:
                 out.append(Pack(f"{__name__}:run_pack", tuple(j.id for j in members), note))
     return out
@@ -198,11 +228,11 @@ def run_pack(ctxs: list[JobContext]) -> None:
 
 @contextlib.contextmanager
 def _all_cpu_threads() -> Iterator[None]:
-    """A pack on a CPU uses every core the study left single-threaded (its operations are K times wider)."""
-    auto = os.environ.get("CODEMIX_AUTO_THREADS") == "1"
+    """A pack on a CPU uses every core the study left single-threaded (as groups of members, a thread each:
+    :func:`codemix.train.pack.member_threads`)."""
     threads = torch.get_num_threads()
-    if auto:
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if os.environ.get("CODEMIX_AUTO_THREADS") == "1":
+        torch.set_num_threads(pack_cpu_threads())
     try:
         yield
     finally:
