@@ -59,7 +59,7 @@ __all__ = ["PackMember", "PackedGPT", "member_threads", "pack_bytes", "train_pac
 #: Held while a member's random stream is torch's global one (member groups run in threads).
 _RNG_LOCK = threading.Lock()
 
-T = TypeVar("T")
+R = TypeVar("R")
 Weights = Callable[[str], torch.Tensor]
 """A GPT parameter name -> the packed tensor (K, ...) of the members a forward computes."""
 
@@ -239,9 +239,9 @@ class PackedGPT(nn.Module):
         bounds = [self.k * g // n for g in range(n + 1)]
         return [range(a, b) for a, b in zip(bounds, bounds[1:])]
 
-    def map_groups(self, fn: Callable[[range], T]) -> list[T]:
+    def map_groups(self, fn: Callable[[range], R]) -> list[R]:
         """``fn(members)`` for every group of members at once, each in its own thread; the results in order."""
-        def task(members: range) -> T:
+        def task(members: range) -> R:
             torch.set_num_threads(self.group_threads)  # this thread's share (torch's count is per thread)
             return fn(members)
 
