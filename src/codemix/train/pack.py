@@ -304,8 +304,9 @@ def member_threads(pack: PackedGPT) -> Iterator[None]:
     """On a CPU, turn torch's threads into groups of members (:attr:`PackedGPT.workers`) for the block.
 
     With torch set to T threads, a pack of K trains in min(K, T) groups, each in its own
-    thread on its share of the T (one when K >= T); torch's count is restored on exit. On a
-    GPU, or with one thread or one member, nothing changes.
+    thread on its share of the T (one when K >= T); the calling thread (optimizer step,
+    clipping) gets one, and torch's count is restored on exit. On a GPU, or with one thread or
+    one member, nothing changes.
     """
     threads = torch.get_num_threads()
     workers = min(pack.k, threads) if pack.rope_cos.device.type == "cpu" else 1
@@ -313,6 +314,7 @@ def member_threads(pack: PackedGPT) -> Iterator[None]:
         yield
         return
     pack.workers, pack.group_threads = workers, threads // workers
+    torch.set_num_threads(1)  # this thread, while the groups wait (OpenMP threads spin-wait: they would slow them)
     try:
         yield
     finally:
