@@ -29,7 +29,6 @@ of torch threads too (what the pack gains over giving a single run every core).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             if not gpu:
                 torch.set_num_threads(pack_threads)
             packed = copy.deepcopy(pack)
-            with contextlib.nullcontext() if compile_model else member_threads(packed):  # as train_pack runs it
+            with member_threads(packed, compiled=compile_model):  # as train_pack runs it
                 pack_seconds, pack_losses = _train(packed, packed_rows, pack_loss, clip=clip_per_member,
                                                    steps=steps, device=device, compile_model=compile_model)
             members = [x if isinstance(x, list) else [x] for x in pack_losses]  # K = 1 logs a number, not a list

@@ -185,6 +185,8 @@ def test_member_groups_in_threads_compute_what_one_thread_computes(dropout):
                 evaluated = grouped.eval()(x[..., :-1], x[..., 1:])
                 assert torch.equal(evaluated, one.eval()(x[..., :-1], x[..., 1:])) and not evaluated.requires_grad
         assert grouped.workers == 1 and torch.get_num_threads() == 2  # restored
+        with member_threads(grouped, compiled=True):  # a compiled pack keeps torch's threads
+            assert grouped.workers == 1 and torch.get_num_threads() == 2
     assert torch.equal(grouped_losses, losses)
     for (name, a), b in zip(one.named_parameters(), grouped.parameters()):
         assert torch.equal(a.grad, b.grad), name

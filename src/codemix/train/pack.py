@@ -300,16 +300,16 @@ class _MemberGroups(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def member_threads(pack: PackedGPT) -> Iterator[None]:
+def member_threads(pack: PackedGPT, *, compiled: bool = False) -> Iterator[None]:
     """On a CPU, turn torch's threads into groups of members (:attr:`PackedGPT.workers`) for the block.
 
     With torch set to T threads, a pack of K trains in min(K, T) groups, each in its own
     thread on its share of the T (one when K >= T); the calling thread (optimizer step,
     clipping) gets one, and torch's count is restored on exit. On a GPU, or with one thread or
-    one member, nothing changes.
+    one member, or for a ``compiled`` pack (compilation does not trace into threads), nothing changes.
     """
     threads = torch.get_num_threads()
-    workers = min(pack.k, threads) if pack.rope_cos.device.type == "cpu" else 1
+    workers = min(pack.k, threads) if pack.rope_cos.device.type == "cpu" and not compiled else 1
     if workers < 2:
         yield
         return
@@ -485,7 +485,7 @@ def train_pack(cfg: StudyConfig, members: list[PackMember], *, heldout: dict[str
         losses = model(batch[..., :-1], batch[..., 1:])
         return {"loss": losses.sum(), "member_loss": losses.detach()}
 
-    with contextlib.nullcontext() if compile_model else member_threads(pack):  # (threads in a compiled model: no)
+    with member_threads(pack, compiled=compile_model):
         run_loop(model, optimizer, _PackBatches(loaders), loss, spec=spec, state=state, ctx=ctx, logger=logger,
                  eval_fn=evaluator, checkpoint_fn=checkpoint)
     return [paths[-1] if paths else m.out_dir / "checkpoints" / f"step-{state.step:07d}"
