@@ -117,9 +117,13 @@ class PackedGPT(nn.Module):
     def _key(name: str) -> str:
         return name.replace(".", "__")
 
+    def param_key(self, name: str) -> str:
+        """The attribute name of GPT parameter ``name``'s packed tensor (tied names resolve to their tensor)."""
+        return self._key(self.aliases.get(name, name))
+
     def w(self, name: str) -> torch.Tensor:
-        """The packed parameter of GPT parameter ``name`` (tied names resolve to their tensor)."""
-        return getattr(self, self._key(self.aliases.get(name, name)))
+        """The packed parameter of GPT parameter ``name``."""
+        return getattr(self, self.param_key(name))
 
     # -- members
 
@@ -274,7 +278,7 @@ class _MemberGroups(torch.autograd.Function):
             leaves = {key: p.detach()[part].requires_grad_() for key, p in pack.named_parameters()}
             with torch.enable_grad():
                 losses = pack._losses(idx[part], targets[part],
-                                      lambda name: leaves[pack._key(pack.aliases.get(name, name))], members.start)
+                                      lambda name: leaves[pack.param_key(name)], members.start)
             return leaves, losses
 
         ctx.pack = pack
