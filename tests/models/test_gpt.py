@@ -124,3 +124,41 @@ def test_forward_with_targets_is_the_mean_next_token_cross_entropy():
     logits = model(tokens[:, :-1])
     expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
     torch.testing.assert_close(model(tokens[:, :-1], targets), expected)
+
+
+def _saved_shapes(fn) -> tuple[torch.Tensor, list[tuple[int, ...]]]:
+    """``fn()`` and the shapes of every tensor autograd kept for its backward."""
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        return fn(), shapes
+
+
+def test_cpu_training_loss_is_cross_entropys_and_keeps_no_logits_for_the_backward():
+    """On a CPU the logits' gradient is taken in the forward (lm_loss); loss and gradients are autograd's."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512, **PRESETS["tiny"]))
+    tokens = torch.randint(0, 512, (3, 17))
+    targets = tokens[:, 1:].clone()
+    targets[0, :4] = -100
+    expected, autograd_saved = _saved_shapes(
+        lambda: F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), targets.flatten(), ignore_index=-100))
+    expected.backward()
+    want = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    loss, saved = _saved_shapes(lambda: model(tokens[:, :-1], targets))
+    loss.backward()
+    assert torch.equal(loss, expected)  # the same kernels: to the bit
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[name], rtol=1e-5, atol=1e-7, msg=name)
+    logits = (3 * 16, 512)
+    assert logits in autograd_saved and logits not in saved
+
+    model.zero_grad()  # every target ignored: cross-entropy's nan, and no gradient
+    loss = model(tokens[:, :-1], torch.full_like(targets, -100))
+    loss.backward()
+    assert loss.isnan() and all(not p.grad.any() for p in model.parameters())
