@@ -261,46 +261,48 @@ def _threads(n: int) -> ThreadPoolExecutor:
 
 
 class _MemberGroups(torch.autograd.Function):
-    """A pack's training forward and backward, each group of members in its own thread.
+    """A pack's training step, each group of members forward *and* backward in its own thread.
 
-    Each group computes on leaf views of its members' slices of the packed parameters, so its
-    graph shares nothing with another group's. The forward keeps the groups' graphs; the
-    backward runs them in the same threads, each leaf's ``.grad`` a view of its slice of the
-    packed parameter's ``.grad``, so the gradients land there with no copy. The outer graph
-    sees one node, fed by one parameter (``anchor``) so the losses require grad; gradients
-    reach the parameters only through here.
+    A member's parameters reach only its own loss, so the gradient of a weighted sum of the
+    losses is each member's gradient times its weight. Each group computes its members'
+    losses on leaf views of their slices of the packed parameters, and at once their
+    gradients (weight 1), into its slice of one buffer per parameter; the backward hands the
+    buffers on, scaled by the weights the loss gave each member (1 for the sum of the losses).
+    One trip to the threads per step, not two, and each group frees its activations as soon
+    as it is done. The outer graph sees one node, fed by one parameter (``anchor``) so the
+    losses require grad; gradients reach the parameters only through here.
     """
 
     @staticmethod
     def forward(ctx: Any, pack: PackedGPT, idx: torch.Tensor, targets: torch.Tensor,
                 anchor: torch.Tensor) -> torch.Tensor:
-        def run(members: range) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        params = dict(pack.named_parameters())
+        grads = {key: torch.empty_like(p) for key, p in params.items()}
+
+        def run(members: range) -> torch.Tensor:
             part = slice(members.start, members.stop)
-            leaves = {key: p.detach()[part].requires_grad_() for key, p in pack.named_parameters()}
+            leaves = {key: p.detach()[part].requires_grad_() for key, p in params.items()}
+            for key, leaf in leaves.items():  # the backward adds into the group's slice of the buffers
+                leaf.grad = grads[key][part].zero_()
             with torch.enable_grad():
                 losses = pack._losses(idx[part], targets[part],
                                       lambda name: leaves[pack.param_key(name)], members.start)
-            return leaves, losses
+                torch.autograd.backward(losses, torch.ones_like(losses), inputs=list(leaves.values()))
+            return losses.detach()
 
-        ctx.pack = pack
-        ctx.runs = dict(zip(pack.member_groups(), pack.map_groups(run)))
-        return torch.cat([losses.detach() for _, losses in ctx.runs.values()])
+        ctx.pack, ctx.grads = pack, grads
+        return torch.cat(pack.map_groups(run))
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, None]:
-        params = dict(ctx.pack.named_parameters())
-        for p in params.values():
+    def backward(ctx: Any, weights: torch.Tensor) -> tuple[None, None, None, None]:
+        grads, ctx.grads = ctx.grads, None
+        scale = None if bool((weights == 1).all()) else weights
+        for key, p in ctx.pack.named_parameters():
+            grad = grads[key] if scale is None else grads[key] * scale.view(-1, *([1] * (p.dim() - 1)))
             if p.grad is None:
-                p.grad = torch.zeros_like(p)
-
-        def run(members: range) -> None:
-            part, (leaves, losses) = slice(members.start, members.stop), ctx.runs[members]
-            for key, leaf in leaves.items():  # backward adds into the group's slice of .grad in place
-                leaf.grad = params[key].grad[part]
-            torch.autograd.backward(losses, grad[part], inputs=list(leaves.values()))
-
-        ctx.pack.map_groups(run)
-        ctx.runs = None  # free the groups' graphs
+                p.grad = grad
+            else:
+                p.grad += grad
         return None, None, None, None
 
 
