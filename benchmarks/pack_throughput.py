@@ -37,7 +37,7 @@ import time
 import torch
 
 from codemix.models.gpt import GPT, PRESETS, GPTConfig
-from codemix.train.distributed import DistContext, resolve_device
+from codemix.train.distributed import DistContext, parallelize, resolve_device
 from codemix.train.loop import LoopSpec, LoopState, RunLogger, build_optimizer, run_loop
 from codemix.train.pack import PackedGPT, clip_per_member, member_threads
 
@@ -57,7 +57,7 @@ def _train(model: torch.nn.Module, batches: list[torch.Tensor], loss, *, clip, s
     """Seconds for ``steps`` steps after the warm-up ones, and the logged loss of every timed step."""
     amp = torch.bfloat16 if device.type == "cuda" else None
     ctx = DistContext.single(device)
-    model = torch.compile(model) if compile_model else model
+    model = parallelize(model, ctx, compile=compile_model)  # as runs train: a GPT by block, a pack whole
     optimizer = build_optimizer(model, lr=1e-3, member_dim=isinstance(model, PackedGPT) or
                                 isinstance(getattr(model, "_orig_mod", None), PackedGPT))
     losses: list[float] = []

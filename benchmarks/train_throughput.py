@@ -4,7 +4,9 @@ Prints one JSON line: tokens/s and model FLOPs utilization (MFU) of a full train
 (forward, backward, AdamW) for codemix and for HF Llama, measured in the same run with
 the same settings (fused AdamW everywhere; bf16 autocast and torch.compile on CUDA, fp32
 eager on CPU), and their ratio. The two models are timed in alternating rounds and the median round
-is reported, so background load on a shared machine hits both alike.
+is reported, so background load on a shared machine hits both alike. Each model is compiled as its
+library's users train it: codemix's GPT block by block (``GPT.compile_regions``, as ``codemix train``
+does), HF's model whole; ``warmup_seconds`` gives each one's warmup steps, compilation included.
 
 FLOPs per token follow the PaLM / nanoGPT accounting: ``6 N + 12 L d T``, with N the
 parameters that take part in matrix multiplies (every weight except the input embedding
@@ -35,6 +37,7 @@ import torch
 
 from codemix.models.export import llama_config
 from codemix.models.gpt import GPT, PRESETS, GPTConfig
+from codemix.train.distributed import DistContext, parallelize
 
 H100_BF16_PEAK = 989e12
 
@@ -114,21 +117,27 @@ def random_rows(args: argparse.Namespace) -> list[torch.Tensor]:
 
 
 def compare(trainers: dict[str, Trainer], data: list[Any], *, steps: int, warmup: int,
-            rounds: int) -> dict[str, float]:
-    """Median tokens/s of each trainer over ``rounds`` alternating timed blocks of ``steps`` steps.
+            rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median tokens/s of each trainer over ``rounds`` alternating timed blocks of ``steps`` steps,
+    and the seconds of each trainer's warmup steps (torch.compile's time, where it compiles).
 
     Alternating the models block by block exposes them to the same background load, which
     matters on a shared machine; warmup steps (and torch.compile) come first. ``data`` holds
     one item per step (at least ``max(steps, warmup)``), given to every trainer alike.
     """
-    for trainer in trainers.values():
+    warm: dict[str, float] = {}
+    for name, trainer in trainers.items():
+        t0 = time.perf_counter()
         for item in data[:warmup]:
             trainer.step(item)
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        warm[name] = round(time.perf_counter() - t0, 1)
     measured: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(rounds):
         for name, trainer in trainers.items():
             measured[name].append(trainer.tokens_per_s(data[:steps]))
-    return {name: statistics.median(values) for name, values in measured.items()}
+    return {name: statistics.median(values) for name, values in measured.items()}, warm
 
 
 def bench_gpt(preset: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -141,8 +150,8 @@ def bench_gpt(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     ours = GPT(cfg).to(device)
     hf = LlamaForCausalLM._from_config(llama_config(cfg), attn_implementation="sdpa").to(device)
-    ours_fn = torch.compile(ours) if compile_ else ours
-    hf_fn = torch.compile(hf) if compile_ else hf
+    ours_fn = parallelize(ours, DistContext.single(device), compile=compile_)  # as codemix trains: block by block
+    hf_fn = torch.compile(hf) if compile_ else hf  # as HF's users do: the whole model
     # Both compute the loss inside the compiled forward, each library's own training path
     # (HF: labels=...; shift_labels says they are already shifted, as codemix's targets are).
     hf_loss = lambda x, y: hf_fn(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss  # noqa: E731
@@ -150,7 +159,7 @@ def bench_gpt(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "codemix": Trainer(ours, causal_loss_of(ours_fn, device), device=device),
         "hf_llama": Trainer(hf, causal_loss_of(hf_loss, device), device=device),
     }
-    tps = compare(trainers, random_rows(args), steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+    tps, warm = compare(trainers, random_rows(args), steps=args.steps, warmup=args.warmup, rounds=args.rounds)
     fpt = flops_per_token(cfg, args.seq_len)
     peak = H100_BF16_PEAK if device.type == "cuda" else None
     return {
@@ -160,7 +169,7 @@ def bench_gpt(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "params": ours.num_params(), "flops_per_token": fpt, "peak_flops": peak,
         **{name: {"tokens_per_s": round(v, 1), "mfu": round(v * fpt / peak, 4) if peak else None}
            for name, v in tps.items()},
-        "ratio": round(tps["codemix"] / tps["hf_llama"], 3),
+        "ratio": round(tps["codemix"] / tps["hf_llama"], 3), "warmup_seconds": warm,
     }
 
 
@@ -234,7 +243,7 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "codemix": Trainer(ours, seq2seq_loss_of(ours_loss, codemix_batch), device=device),
         "hf_t5": Trainer(hf, seq2seq_loss_of(hf_loss, hf_batch), device=device),
     }
-    tps = compare(trainers, data, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+    tps, warm = compare(trainers, data, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
     return {
         "benchmark": "train_throughput", "preset": preset, "device": _device_name(device),
         "torch": torch.__version__, "compile": compile_, "precision": "bf16" if device.type == "cuda" else "fp32",
@@ -242,7 +251,7 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "vocab_size": cfg["vocab_size"], "encoder_len": lengths.input_len + 1, "decoder_len": lengths.target_len,
         "params": sum(p.numel() for p in ours.t5.parameters()),
         **{name: {"tokens_per_s": round(v, 1), "mfu": None} for name, v in tps.items()},
-        "ratio": round(tps["codemix"] / tps["hf_t5"], 3),
+        "ratio": round(tps["codemix"] / tps["hf_t5"], 3), "warmup_seconds": warm,
     }
 
 

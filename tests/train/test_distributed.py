@@ -13,7 +13,7 @@ from codemix.config import validate_study
 from codemix.errors import ConfigError
 from codemix.study.graph import find_pretrain, plan_study
 from codemix.study.stages.pretrain import checkpoint_of
-from codemix.train.distributed import DistContext, accum_steps_for, init_distributed
+from codemix.train.distributed import DistContext, accum_steps_for, init_distributed, parallelize
 
 
 def test_accumulation_steps_follow_batch_ranks_and_micro_batch():
@@ -82,3 +82,27 @@ def test_two_gloo_ranks_match_the_single_process_run(data_dir, tmp_path, capsys,
     assert state["world_size"] == 2 and state["step"] == 3
     single_state = json.loads((single / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
     assert single_state["world_size"] == 1
+
+
+def test_compiling_a_gpt_compiles_its_blocks_in_place_and_other_models_whole():
+    """parallelize(compile=True): a GPT keeps its identity and state dict (regions compiled in place); a pack,
+    which has no regions, is wrapped by torch.compile as a whole."""
+    import torch
+
+    from codemix.models.gpt import GPT, PRESETS, GPTConfig
+    from codemix.train.pack import PackedGPT
+
+    ctx = DistContext.single(torch.device("cpu"))
+    gpt = GPT(GPTConfig(vocab_size=256, **PRESETS["tiny"]))
+    keys = list(gpt.state_dict())
+    try:
+        assert parallelize(gpt, ctx, compile=True) is gpt
+        assert all(block._compiled_call_impl is not None for block in gpt.blocks)
+        assert list(gpt.state_dict()) == keys
+        pack = PackedGPT([GPT(GPTConfig(vocab_size=256, **PRESETS["tiny"])) for _ in range(2)],
+                         [{"cpu": torch.get_rng_state()}] * 2)
+        assert isinstance(parallelize(pack, ctx, compile=True), torch._dynamo.eval_frame.OptimizedModule)
+        assert parallelize(GPT(GPTConfig(vocab_size=256, **PRESETS["tiny"])), ctx).blocks[0]._compiled_call_impl \
+            is None  # compile off: nothing compiled
+    finally:
+        torch._dynamo.reset()

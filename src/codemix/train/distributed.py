@@ -137,15 +137,22 @@ def parallelize(model: nn.Module, ctx: DistContext, *, compile: bool = False) ->
 
     FSDP2 shards each transformer block separately (``model.blocks`` when the model has
     them), then the root, so only one block's full parameters live on a GPU at a time.
+
+    ``compile``: a model with ``compile_regions`` (:class:`~codemix.models.gpt.GPT`) compiles
+    its repeated blocks in place, before sharding or replication wraps them (as torchtitan
+    does); any other model is compiled whole, after wrapping.
     """
     model = model.to(ctx.device)
+    regional = compile and hasattr(model, "compile_regions")
+    if regional:
+        model.compile_regions()
     if ctx.distributed and ctx.fsdp:
         for block in getattr(model, "blocks", []):
             fully_shard(block)
         model = fully_shard(model)
     elif ctx.distributed:
         model = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    if compile:
+    if compile and not regional:
         model = torch.compile(model)
     return model
 
