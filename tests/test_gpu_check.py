@@ -31,17 +31,28 @@ def test_gpu_check_runs_every_check_on_a_cpu_from_the_bundle(tmp_path, data_dir)
     env.pop("CODEMIX_DATA")  # the bundle's data/ alone
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=840)
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [x["check"] for x in lines] == ["train_124m", "train_t5_large_dec", "train_codet5_small", "pack_20m",
-                                           "study"], proc.stdout + proc.stderr[-2000:]
-    failed = [x for x in lines if not x["ok"]]
+    lines = {x["check"]: x for x in map(json.loads, (line for line in proc.stdout.splitlines()
+                                                      if line.startswith("{")))}
+    assert list(lines) == ["study", "pack_20m", "train_124m", "train_codet5_small", "train_t5_large_dec"], \
+        proc.stdout + proc.stderr[-2000:]
+    failed = [x for x in lines.values() if not x["ok"]]
     assert not failed and proc.returncode == 0, failed
-    study = lines[-1]
+    study = lines["study"]
     assert study["packs"] == [4] and study["report"] and study["result_rows"] > 0
     assert set(study["stage_seconds"]) == {"tokenizer", "stream", "mixture", "pretrain", "eval", "analysis"}
-    pack = lines[3]
-    assert pack["k"] == 2 and pack["compile"] and pack["max_abs_loss_diff"] < 1e-4  # compiled: pack = single runs
-    assert all(x["ratio"] > 0 for x in lines[:4])
+    pack = lines["pack_20m"]  # compiled (its single runs block by block): pack = single runs
+    assert pack["k"] == 2 and pack["compile"] and pack["max_abs_loss_diff"] < 1e-4
+    assert all(x["ratio"] > 0 for name, x in lines.items() if name != "study")
+    assert all(set(x["warmup_seconds"]) == {"codemix", "hf_llama"} for name, x in lines.items() if name
+               in ("train_124m", "train_t5_large_dec"))
+
+
+def test_gpu_check_runs_no_check_past_its_budget_and_says_how_to_run_it():
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu", "--budget", "0",
+                           "--only", "pack_20m,study"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1 and [x["check"] for x in lines] == ["pack_20m", "study"]
+    assert not any(x["ok"] for x in lines) and "--only study" in lines[1]["error"], lines
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the check would run for minutes")
