@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,17 +69,25 @@ def _last_json(text: str) -> dict[str, Any] | None:
     return None
 
 
-def _tail(output: str | bytes | None, chars: int = 1500) -> str:
-    text = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
-    return text[-chars:]
+def _tail(output: str | None, chars: int = 1500) -> str:
+    return (output or "")[-chars:]
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """``python args...`` in the project root; a timeout is a RuntimeError with the end of what it printed."""
-    try:
-        return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:  # what it printed so far says how far it got
-        raise RuntimeError(f"timed out after {timeout:.0f} s: {_tail(e.stderr)} {_tail(e.stdout)}") from None
+    """``python args...`` in the project root; a timeout is a RuntimeError with the end of what it printed.
+
+    The check runs in a session of its own, and a timeout kills all of it: a study's jobs and
+    Inductor's compile workers too, which would otherwise hold the GPU through the next check.
+    """
+    with subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()  # what it printed so far says how far it got
+            raise RuntimeError(f"timed out after {timeout:.0f} s: {_tail(err)} {_tail(out)}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def run_script(args: list[str], timeout: float) -> dict[str, Any]:

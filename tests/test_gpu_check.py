@@ -60,3 +60,11 @@ def test_gpu_check_refuses_to_run_without_a_gpu_unless_asked_for_cpu():
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "--cpu" in proc.stderr
+
+
+def test_a_check_past_its_time_is_killed_with_what_it_started_and_reported():
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu", "--budget", "3", "--only", "study"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    (line,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1 and not line["ok"] and line["error"].startswith("timed out after 3 s"), line
+    assert line["seconds"] < 30
