@@ -95,7 +95,7 @@ def run_script(args: list[str], timeout: float) -> dict[str, Any]:
     proc = _run(args, timeout)
     result = _last_json(proc.stdout)
     if proc.returncode != 0 or result is None:
-        raise RuntimeError(f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}")
+        raise RuntimeError(f"exit {proc.returncode}: {_tail(proc.stderr or proc.stdout)}")
     return result
 
 

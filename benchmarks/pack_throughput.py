@@ -37,7 +37,7 @@ import time
 import torch
 
 from codemix.models.gpt import GPT, PRESETS, GPTConfig
-from codemix.train.distributed import DistContext, parallelize, resolve_device
+from codemix.train.distributed import DistContext, parallelize, resolve_device, unwrap
 from codemix.train.loop import LoopSpec, LoopState, RunLogger, build_optimizer, run_loop
 from codemix.train.pack import PackedGPT, clip_per_member, member_threads
 
@@ -58,8 +58,7 @@ def _train(model: torch.nn.Module, batches: list[torch.Tensor], loss, *, clip, s
     amp = torch.bfloat16 if device.type == "cuda" else None
     ctx = DistContext.single(device)
     model = parallelize(model, ctx, compile=compile_model)  # as runs train: a GPT by block, a pack whole
-    optimizer = build_optimizer(model, lr=1e-3, member_dim=isinstance(model, PackedGPT) or
-                                isinstance(getattr(model, "_orig_mod", None), PackedGPT))
+    optimizer = build_optimizer(model, lr=1e-3, member_dim=isinstance(unwrap(model), PackedGPT))
     losses: list[float] = []
 
     class Logger(RunLogger):

@@ -74,12 +74,16 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         return n_tokens
 
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (a no-op on a CPU), so that a clock reads finished steps."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def tokens_per_s(self, batches: torch.Tensor) -> float:
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda *a: None)
-        sync(self.device)
+        self.synchronize()
         t0 = time.perf_counter()
         seen = sum(self.step(tokens) for tokens in batches)
-        sync(self.device)
+        self.synchronize()
         return seen / (time.perf_counter() - t0)
 
 
@@ -130,8 +134,7 @@ def compare(trainers: dict[str, Trainer], data: list[Any], *, steps: int, warmup
         t0 = time.perf_counter()
         for item in data[:warmup]:
             trainer.step(item)
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
+        trainer.synchronize()
         warm[name] = round(time.perf_counter() - t0, 1)
     measured: dict[str, list[float]] = {name: [] for name in trainers}
     for _ in range(rounds):
