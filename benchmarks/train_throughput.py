@@ -5,8 +5,8 @@ Prints one JSON line: tokens/s and model FLOPs utilization (MFU) of a full train
 the same settings (fused AdamW everywhere; bf16 autocast and torch.compile on CUDA, fp32
 eager on CPU), and their ratio. The two models are timed in alternating rounds and the median round
 is reported, so background load on a shared machine hits both alike. Each model is compiled as its
-library's users train it: codemix's GPT block by block (``GPT.compile_regions``, as ``codemix train``
-does), HF's model whole; ``warmup_seconds`` gives each one's warmup steps, compilation included.
+library's users train it: codemix's GPT and CodeT5 block by block (``compile_regions``, as
+``codemix train`` does), HF's models whole; ``warmup_seconds`` gives each one's warmup steps, compilation included.
 
 FLOPs per token follow the PaLM / nanoGPT accounting: ``6 N + 12 L d T``, with N the
 parameters that take part in matrix multiplies (every weight except the input embedding
@@ -230,7 +230,7 @@ def bench_t5(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     ours = CodeT5(cfg).to(device)
     hf = T5ForConditionalGeneration(T5Config(**cfg)).to(device)
-    ours_fn = torch.compile(ours) if compile_ else ours
+    ours_fn = parallelize(ours, DistContext.single(device), compile=compile_)  # as codemix trains: block by block
     hf_fn = torch.compile(hf) if compile_ else hf
 
     def ours_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -272,7 +272,8 @@ class PretrainConfig(_Config):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """`auto`: bf16 autocast on CUDA, fp32 on CPU."""
     compile: bool | None = None
-    """torch.compile the model (default: on for CUDA, off on CPU); a GPT block by block (2-3.5x faster to compile)."""
+    """torch.compile the model (default: on for CUDA, off on CPU); a GPT or CodeT5 block by block
+    (1.3-3.5x faster to compile)."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda`, `cuda:1`, ..."""
     pack: int = Field(8, gt=0)

@@ -86,3 +86,40 @@ def test_forward_traces_as_one_graph_for_torch_compile():
     torch._dynamo.reset()
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_compiled_regions_train_as_the_eager_model_and_trace_each_kind_of_block_once():
+    """compile_regions (what parallelize(compile=True) does): the same losses and gradients as eager, one
+    traced graph per kind of block whatever the depth (4: each stack's first block, which computes the
+    position bias, and the rest), one for the loss, and the state dict of the plain model."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    eager = CodeT5(_config(n_layers=3, n_decoder_layers=3))
+    compiled = copy.deepcopy(eager)
+    input_ids = torch.randint(3, 300, (3, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 8:] = 0
+    labels = torch.randint(3, 300, (3, 5))
+    labels[1, 2:] = -100
+    tags = torch.randint(0, 2, (3, 12))
+    batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, tags=tags,
+                 objective=torch.tensor([0, 1, 1]), n_objectives=2)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        compiled.compile_regions(backend="aot_eager")  # torch.compile's own tracing, no code generation
+        outs = [m(**batch) for m in (eager, compiled)]
+        for out in outs:
+            (out["seq2seq"].sum() + out["tagging"]).backward()
+        assert counters["stats"]["unique_graphs"] == 5  # 6 blocks in 4 kinds, and the loss
+        assert not counters["graph_break"]
+        for key in ("seq2seq", "tagging", "counts"):
+            torch.testing.assert_close(outs[1][key], outs[0][key])
+        for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+        assert list(compiled.state_dict()) == list(eager.state_dict())
+    finally:
+        torch._dynamo.reset()

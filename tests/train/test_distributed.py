@@ -84,12 +84,14 @@ def test_two_gloo_ranks_match_the_single_process_run(data_dir, tmp_path, capsys,
     assert single_state["world_size"] == 1
 
 
-def test_compiling_a_gpt_compiles_its_blocks_in_place_and_other_models_whole():
-    """parallelize(compile=True): a GPT keeps its identity and state dict (regions compiled in place); a pack,
-    which has no regions, is wrapped by torch.compile as a whole."""
+def test_compiling_a_gpt_or_codet5_compiles_its_blocks_in_place_and_other_models_whole():
+    """parallelize(compile=True): a GPT or a CodeT5 keeps its identity and state dict (regions compiled in
+    place); a pack, which has no regions, is wrapped by torch.compile as a whole."""
     import torch
 
+    from codemix.config import ModelConfig
     from codemix.models.gpt import GPT, PRESETS, GPTConfig
+    from codemix.models.t5 import CodeT5, t5_config
     from codemix.train.pack import PackedGPT
 
     ctx = DistContext.single(torch.device("cpu"))
@@ -99,6 +101,9 @@ def test_compiling_a_gpt_compiles_its_blocks_in_place_and_other_models_whole():
         assert parallelize(gpt, ctx, compile=True) is gpt
         assert all(block._compiled_call_impl is not None for block in gpt.blocks)
         assert list(gpt.state_dict()) == keys
+        t5 = CodeT5(t5_config(ModelConfig(arch="t5", preset="tiny"), vocab_size=256, pad_id=1, eos_id=0))
+        assert parallelize(t5, ctx, compile=True) is t5
+        assert all(block._compiled_call_impl is not None for block in [*t5.t5.encoder.block, *t5.t5.decoder.block])
         pack = PackedGPT([GPT(GPTConfig(vocab_size=256, **PRESETS["tiny"])) for _ in range(2)],
                          [{"cpu": torch.get_rng_state()}] * 2)
         assert isinstance(parallelize(pack, ctx, compile=True), torch._dynamo.eval_frame.OptimizedModule)

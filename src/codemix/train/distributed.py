@@ -138,9 +138,10 @@ def parallelize(model: nn.Module, ctx: DistContext, *, compile: bool = False) ->
     FSDP2 shards each transformer block separately (``model.blocks`` when the model has
     them), then the root, so only one block's full parameters live on a GPU at a time.
 
-    ``compile``: a model with ``compile_regions`` (:class:`~codemix.models.gpt.GPT`) compiles
-    its repeated blocks in place, before sharding or replication wraps them (as torchtitan
-    does); any other model is compiled whole, after wrapping.
+    ``compile``: a model with ``compile_regions`` (:class:`~codemix.models.gpt.GPT`,
+    :class:`~codemix.models.t5.CodeT5`) compiles its repeated blocks and its loss in place,
+    before sharding or replication wraps them (as torchtitan does); any other model (a pack)
+    is compiled whole, after wrapping.
     """
     model = model.to(ctx.device)
     regional = compile and hasattr(model, "compile_regions")
