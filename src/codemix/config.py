@@ -273,7 +273,7 @@ class PretrainConfig(_Config):
     """`auto`: bf16 autocast on CUDA, fp32 on CPU."""
     compile: bool | None = None
     """torch.compile the model (default: on for CUDA, off on CPU); a GPT or CodeT5 block by block
-    (1.3-3.5x faster to compile)."""
+    (1.2-3.2x faster to compile)."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda`, `cuda:1`, ..."""
     pack: int = Field(8, gt=0)
