@@ -6,7 +6,8 @@ the same settings (fused AdamW everywhere; bf16 autocast and torch.compile on CU
 eager on CPU), and their ratio. The two models are timed in alternating rounds and the median round
 is reported, so background load on a shared machine hits both alike. Each model is compiled as its
 library's users train it: codemix's GPT and CodeT5 block by block (``compile_regions``, as
-``codemix train`` does), HF's models whole; ``warmup_seconds`` gives each one's warmup steps, compilation included.
+``codemix train`` does), HF's models whole; ``warmup_seconds`` gives each one's warmup steps,
+compilation included.
 
 FLOPs per token follow the PaLM / nanoGPT accounting: ``6 N + 12 L d T``, with N the
 parameters that take part in matrix multiplies (every weight except the input embedding
