@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -40,8 +41,9 @@ def _model(preset: str, vocab: int, seq_len: int) -> tuple[torch.nn.Module, dict
         model = gpt.GPT(gpt.GPTConfig(vocab_size=vocab, max_seq_len=seq_len, **gpt.PRESETS[name]))
         tokens = torch.randint(0, vocab, (2, seq_len + 1), generator=g)
         return model, {"idx": tokens[:, :-1], "targets": tokens[:, 1:]}
-    cfg = dict(t5.PRESETS[name], feed_forward_proj="relu", tie_word_embeddings=True, vocab_size=vocab,
-               pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, dropout_rate=0.0)
+    # a plain namespace for the study's `model` section, as train_throughput.py builds it (no pydantic needed)
+    cfg = t5.t5_config(types.SimpleNamespace(arch="t5", preset=name, dropout=0.0), vocab_size=vocab, pad_id=0,
+                       eos_id=1)
     batch = {"input_ids": torch.randint(2, vocab, (2, seq_len), generator=g), "attention_mask": None,
              "labels": torch.randint(2, vocab, (2, max(seq_len // 4, 1)), generator=g),
              "tags": torch.randint(0, 2, (2, seq_len), generator=g), "objective": torch.tensor([0, 1]),
