@@ -15,6 +15,10 @@ tokens/s, each path's fastest of ``--rounds`` rounds (these machines are noisy; 
 times both paths back to back, and ``round_ratios`` lists every round's ratio);
 ``max_abs_loss_diff`` is the largest difference between a member's loss in the pack and the
 same model's loss trained alone, over every timed step (they are the same runs).
+``pack_tflops_per_s`` and ``sequential_tflops_per_s`` are the model FLOPs each path achieved
+(tokens/s times :meth:`GPTConfig.flops_per_token`, ``flops_per_token`` in the line): divided
+by a GPU's dense bf16 peak (989 TFLOP/s on an H100 or H200) they are its MFU, which bounds
+the ratio a pack can reach (ratio = pack MFU / sequential MFU).
 
 Threads on a CPU: each path runs with the threads a study gives it — a single run one torch
 thread (:func:`codemix.study.scheduler.limit_cpu_threads`), a pack every core, as groups of
@@ -156,11 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             pack_times.append(pack_seconds)
         tokens = k * steps * batch * seq_len
         seq_best, pack_best = min(seq_times[single]), min(pack_times)
+        flops = cfg.flops_per_token(seq_len)
         line = {"preset": args.preset, "device": torch.cuda.get_device_name(device) if gpu else "cpu",
                 "k": k, "batch_size": batch, "seq_len": seq_len, "steps": steps, "compile": compile_model,
                 "pack_tokens_per_s": round(tokens / pack_best, 1),
                 "sequential_tokens_per_s": round(tokens / seq_best, 1),
                 "ratio": round(seq_best / pack_best, 3), "max_abs_loss_diff": float(f"{diff:.3g}"),
+                "flops_per_token": flops, "pack_tflops_per_s": float(f"{tokens / pack_best * flops / 1e12:.4g}"),
+                "sequential_tflops_per_s": float(f"{tokens / seq_best * flops / 1e12:.4g}"),
                 "round_ratios": [round(a / b, 3) for a, b in zip(seq_times[single], pack_times)]}
         if not gpu:
             line.update(sequential_threads=single, pack_threads=pack_threads,

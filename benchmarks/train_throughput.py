@@ -9,10 +9,9 @@ library's users train it: codemix's GPT and CodeT5 block by block (``compile_reg
 ``codemix train`` does), HF's models whole; ``warmup_seconds`` gives each one's warmup steps,
 compilation included.
 
-FLOPs per token follow the PaLM / nanoGPT accounting: ``6 N + 12 L d T``, with N the
-parameters that take part in matrix multiplies (every weight except the input embedding
-lookup, the output projection included), L layers, d the model width and T the sequence
-length (the attention scores). MFU divides by the bf16 dense peak of an H100, 989 TFLOP/s;
+FLOPs per token follow the PaLM / nanoGPT accounting (:meth:`GPTConfig.flops_per_token`:
+``6 N + 12 L d T``, with N the weights that take part in matrix products, L layers, d the
+model width and T the sequence length). MFU divides by the bf16 dense peak of an H100, 989 TFLOP/s;
 on a CPU there is no meaningful peak and MFU is reported as null.
 
     python benchmarks/train_throughput.py --preset tiny            # CPU: seconds
@@ -41,14 +40,6 @@ from codemix.models.gpt import GPT, PRESETS, GPTConfig
 from codemix.train.distributed import DistContext, parallelize
 
 H100_BF16_PEAK = 989e12
-
-
-def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
-    """6 N + 12 L d T, N = matmul parameters (all but the input embedding lookup)."""
-    per_layer = (2 * cfg.d_model * cfg.n_heads * cfg.head_dim + 2 * cfg.d_model * cfg.n_kv_heads * cfg.head_dim
-                 + 3 * cfg.d_model * cfg.d_ff + 2 * cfg.d_model)
-    n_matmul = cfg.n_layers * per_layer + cfg.d_model + cfg.vocab_size * cfg.d_model
-    return 6 * n_matmul + 12 * cfg.n_layers * cfg.d_model * seq_len
 
 
 class Trainer:
@@ -164,7 +155,7 @@ def bench_gpt(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "hf_llama": Trainer(hf, causal_loss_of(hf_loss, device), device=device),
     }
     tps, warm = compare(trainers, random_rows(args), steps=args.steps, warmup=args.warmup, rounds=args.rounds)
-    fpt = flops_per_token(cfg, args.seq_len)
+    fpt = cfg.flops_per_token(args.seq_len)
     peak = H100_BF16_PEAK if device.type == "cuda" else None
     return {
         "benchmark": "train_throughput", "preset": preset, "device": _device_name(device),

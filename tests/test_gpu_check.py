@@ -42,6 +42,9 @@ def test_gpu_check_runs_every_check_on_a_cpu_from_the_bundle(tmp_path, data_dir)
     assert set(study["stage_seconds"]) == {"tokenizer", "stream", "mixture", "pretrain", "eval", "analysis"}
     pack = lines["pack_20m"]  # compiled (its single runs block by block): pack = single runs
     assert pack["k"] == 2 and pack["compile"] and pack["max_abs_loss_diff"] < 1e-4
+    for path in ("pack", "sequential"):  # the model FLOPs each path achieved: a GPU's MFU once divided by its peak
+        assert pack[f"{path}_tflops_per_s"] == pytest.approx(
+            pack[f"{path}_tokens_per_s"] * pack["flops_per_token"] / 1e12, rel=1e-3)
     assert all(x["ratio"] > 0 for name, x in lines.items() if name != "study")
     assert all(set(x["warmup_seconds"]) == {"codemix", "hf_llama"} for name, x in lines.items() if name
                in ("train_124m", "train_t5_large_dec"))

@@ -54,6 +54,17 @@ def test_paper_preset_has_about_374m_parameters():
     assert model.num_params() / 1e6 == pytest.approx(374, abs=3)
 
 
+@pytest.mark.parametrize("shape", [dict(PRESETS["20m"]), dict(PRESETS["124m"], n_kv_heads=4),
+                                   dict(PRESETS["t5-large-dec"])])
+def test_flops_per_token_count_every_weight_of_a_matrix_product_and_the_attention_scores(shape):
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=32768, **shape))
+    cfg = model.cfg
+    # every weight but the input embedding lookup; the output projection counts, tied or not
+    n_matmul = model.num_params(non_embedding=True) + (model.lm_head.weight.numel() if cfg.tie_embeddings else 0)
+    assert cfg.flops_per_token(512) == 6 * n_matmul + 12 * cfg.n_layers * cfg.d_model * 512
+
+
 def test_study_fields_override_the_preset():
     cfg = config_from_model_config(ModelConfig(preset="20m", n_layers=3, n_kv_heads=2, d_ff=512, dropout=0.1),
                                    vocab_size=1000, seq_len=2048)

@@ -162,6 +162,18 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token in the PaLM / nanoGPT accounting: ``6 N + 12 L d T``.
+
+        N counts the weights that take part in a matrix product (every one but the input
+        embedding lookup; the output projection counts, tied or not), L the layers, d the width
+        and T the sequence length (the attention scores); what MFU figures divide.
+        """
+        per_layer = (2 * self.d_model * self.n_heads * self.head_dim + 2 * self.d_model * self.n_kv_heads
+                     * self.head_dim + 3 * self.d_model * self.d_ff + 2 * self.d_model)
+        n_matmul = self.n_layers * per_layer + self.d_model + self.vocab_size * self.d_model
+        return 6 * n_matmul + 12 * self.n_layers * self.d_model * seq_len
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
