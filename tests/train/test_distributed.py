@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from test_pretrain import log_lines, study_file, tiny_raw
 
 from codemix.cli import main
@@ -46,12 +47,15 @@ def test_codemix_train_under_torchrun_refuses_and_says_to_use_gpus(monkeypatch, 
     assert not (tmp_path / "study").exists()  # refused before building anything
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_gloo_ranks_match_the_single_process_run(data_dir, tmp_path, capsys, fsdp):
+@pytest.mark.parametrize("fsdp, compiled", [(False, False), (True, False), (True, True)],
+                         ids=["ddp", "fsdp2", "fsdp2-compiled"])
+def test_two_gloo_ranks_match_the_single_process_run(data_dir, tmp_path, capsys, fsdp, compiled):
     """Same global batch split over two ranks (replicated or sharded): the same losses and update.
 
-    Both runs are the same job of the tiny study (parallel settings and the GPU count are not
-    part of its key), so each has its own study directory.
+    Both runs are the same job of the tiny study (parallel settings, compilation and the GPU
+    count are not part of its key), so each has its own study directory. ``fsdp2-compiled``
+    shards blocks that ``pretrain.compile`` compiled in place first (inductor, as on a GPU),
+    against the eager single process.
     """
     overrides = {"max_steps": 3, "warmup_steps": 1, "eval_every": 3}
     study = study_file(tmp_path / "single", tmp_path, pretrain=overrides)
@@ -59,10 +63,11 @@ def test_two_gloo_ranks_match_the_single_process_run(data_dir, tmp_path, capsys,
     single = Path(capsys.readouterr().out.strip().splitlines()[-1]).parents[1]  # the final checkpoint's run
 
     # Two ranks: `codemix train --gpus 2` (2 gloo CPU ranks here); the pretrain stage launches torchrun.
-    ranks = study_file(tmp_path / "ranks", tmp_path, pretrain=overrides, parallel={"fsdp": fsdp})
+    rank_overrides = {**overrides, "compile": compiled}
+    ranks = study_file(tmp_path / "ranks", tmp_path, pretrain=rank_overrides, parallel={"fsdp": fsdp})
     assert main(["train", str(ranks), "--setting", "competitive", "--m", "0.25", "--gpus", "2"]) == 0
     printed = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    plan = plan_study(validate_study(tiny_raw(tmp_path / "ranks", pretrain=overrides, parallel={"fsdp": fsdp})))
+    plan = plan_study(validate_study(tiny_raw(tmp_path / "ranks", pretrain=rank_overrides, parallel={"fsdp": fsdp})))
     job = find_pretrain(plan, setting="competitive", m=0.25, seed=0)
     assert printed == checkpoint_of(plan.job_dir(job))
 
@@ -80,6 +85,7 @@ def test_two_gloo_ranks_match_the_single_process_run(data_dir, tmp_path, capsys,
     assert evals == {(r["source"], round(r["loss"], 4)) for r in log_lines(single, "eval")}
     state = json.loads((ddp / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 3
+    assert yaml.safe_load((ddp / "config.yaml").read_text())["pretrain"]["compile"] is compiled
     single_state = json.loads((single / "checkpoints" / "step-0000003" / "trainer_state.json").read_text())
     assert single_state["world_size"] == 1
 
