@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import warnings
 from typing import Any
 
 from rich.console import Console
@@ -63,7 +64,7 @@ def python_pair(text: str, code: str, tests: list[str]) -> tuple[str, str] | Non
     """
     source = _normalize(code)
     try:
-        tree = ast.parse(source)
+        tree = _parse(source)
     except SyntaxError:  # Python 2 references (print statements)
         return None
     tested = {n for t in tests for n in re.findall(r"\b(\w+)\s*\(", t)}
@@ -83,10 +84,18 @@ def python_pair(text: str, code: str, tests: list[str]) -> tuple[str, str] | Non
     quote = '"' * 3
     docstring = f"    {quote}\t" + " ".join(text.split()).replace(quote, "'''") + f"{quote}\n"
     try:
-        ast.parse(header + docstring + body)
+        _parse(header + docstring + body)
     except SyntaxError:  # indentation the rescaling could not follow
         return None
     return header + docstring, body
+
+
+def _parse(source: str) -> ast.Module:
+    """``ast.parse`` of a dataset's program, without the warnings its own code raises (MBPP's
+    references hold string escapes such as ``"\\d"`` that Python 3.11 warns about and 3.12 prints)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+        return ast.parse(source)
 
 
 def _reindent(line: str, unit: int) -> str:
