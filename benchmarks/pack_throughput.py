@@ -20,9 +20,10 @@ back from the device, so logging every step would make a GPU wait for the host a
 a wait that a single run's short steps feel more than a pack's long ones (the tests compare
 every step's loss).
 ``pack_tflops_per_s`` and ``sequential_tflops_per_s`` are the model FLOPs each path achieved
-(tokens/s times :meth:`GPTConfig.flops_per_token`, ``flops_per_token`` in the line): divided
-by a GPU's dense bf16 peak (989 TFLOP/s on an H100 or H200) they are its MFU, which bounds
-the ratio a pack can reach (ratio = pack MFU / sequential MFU).
+(tokens/s times :meth:`GPTConfig.flops_per_token`, ``flops_per_token`` in the line); on a GPU,
+``pack_mfu`` and ``sequential_mfu`` divide them by the dense bf16 peak
+(:data:`codemix.models.GPU_PEAK_FLOPS`, 989 TFLOP/s on an H100 or H200), which bounds the ratio
+a pack can reach (ratio = pack MFU / sequential MFU).
 
 Threads on a CPU: each path runs with the threads a study gives it — a single run one torch
 thread (:func:`codemix.study.scheduler.limit_cpu_threads`), a pack every core, as groups of
@@ -44,6 +45,7 @@ import time
 
 import torch
 
+from codemix.models import GPU_PEAK_FLOPS
 from codemix.models.gpt import GPT, PRESETS, GPTConfig
 from codemix.train.distributed import DistContext, parallelize, resolve_device, unwrap
 from codemix.train.loop import LoopSpec, LoopState, RunLogger, build_optimizer, run_loop
@@ -174,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                 "flops_per_token": flops, "pack_tflops_per_s": float(f"{tokens / pack_best * flops / 1e12:.4g}"),
                 "sequential_tflops_per_s": float(f"{tokens / seq_best * flops / 1e12:.4g}"),
                 "round_ratios": [round(a / b, 3) for a, b in zip(seq_times[single], pack_times)]}
-        if not gpu:
+        if gpu:
+            line.update({f"{path}_mfu": round(line[f"{path}_tflops_per_s"] * 1e12 / GPU_PEAK_FLOPS, 4)
+                         for path in ("pack", "sequential")})
+        else:
             line.update(sequential_threads=single, pack_threads=pack_threads,
                         ratio_same_threads=round(min(seq_times[pack_threads]) / pack_best, 3))
         print(json.dumps(line), flush=True)

@@ -11,8 +11,8 @@ compilation included.
 
 FLOPs per token follow the PaLM / nanoGPT accounting (:meth:`GPTConfig.flops_per_token`:
 ``6 N + 12 L d T``, with N the weights that take part in matrix products, L layers, d the
-model width and T the sequence length). MFU divides by the bf16 dense peak of an H100, 989 TFLOP/s;
-on a CPU there is no meaningful peak and MFU is reported as null.
+model width and T the sequence length). MFU divides by the bf16 dense peak of an H100, 989 TFLOP/s
+(``codemix.models.GPU_PEAK_FLOPS``); on a CPU there is no meaningful peak and MFU is reported as null.
 
     python benchmarks/train_throughput.py --preset tiny            # CPU: seconds
     python benchmarks/train_throughput.py --preset 124m            # GPU: seq 1024, vocab 32768
@@ -35,11 +35,10 @@ from typing import Any
 
 import torch
 
+from codemix.models import GPU_PEAK_FLOPS
 from codemix.models.export import llama_config
 from codemix.models.gpt import GPT, PRESETS, GPTConfig
 from codemix.train.distributed import DistContext, parallelize
-
-H100_BF16_PEAK = 989e12
 
 
 class Trainer:
@@ -156,7 +155,7 @@ def bench_gpt(preset: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     tps, warm = compare(trainers, random_rows(args), steps=args.steps, warmup=args.warmup, rounds=args.rounds)
     fpt = cfg.flops_per_token(args.seq_len)
-    peak = H100_BF16_PEAK if device.type == "cuda" else None
+    peak = GPU_PEAK_FLOPS if device.type == "cuda" else None
     return {
         "benchmark": "train_throughput", "preset": preset, "device": _device_name(device),
         "torch": torch.__version__, "compile": compile_, "precision": "bf16" if device.type == "cuda" else "fp32",

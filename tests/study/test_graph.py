@@ -10,8 +10,8 @@ import pytest
 from codemix.cli import main
 from codemix.config import load_study
 from codemix.data.mixture import MixtureSpec, source_targets
-from codemix.models import count_parameters
-from codemix.study.graph import GPU_PEAK_FLOPS, MFU, gpu_hours, plan_study
+from codemix.models import GPU_PEAK_FLOPS, count_parameters
+from codemix.study.graph import MFU, gpu_hours, plan_study
 
 DEMO = Path(__file__).resolve().parents[2] / "studies" / "demo.yaml"
 

@@ -12,7 +12,12 @@ from codemix.config import ModelConfig
 from codemix.models.gpt import GPT, config_from_model_config
 from codemix.models.t5 import CodeT5, t5_config
 
-__all__ = ["count_parameters"]
+__all__ = ["GPU_NAME", "GPU_PEAK_FLOPS", "count_parameters"]
+
+#: The GPU that model-FLOPs utilization (MFU) divides by: an H100 SXM's dense bf16 peak, which
+#: an H200 shares. The planner's GPU-hour estimate and the throughput benchmarks both use it.
+GPU_NAME = "H100 (989 TFLOP/s bf16)"
+GPU_PEAK_FLOPS = 989e12
 
 
 def count_parameters(model: ModelConfig, *, vocab_size: int, seq_len: int) -> int:

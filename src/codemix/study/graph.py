@@ -24,16 +24,14 @@ from rich.table import Table
 
 from codemix.config import StudyConfig
 from codemix.errors import CodemixError
-from codemix.models import count_parameters
+from codemix.models import GPU_NAME, GPU_PEAK_FLOPS, count_parameters
 from codemix.study.jobs import STAGES, Job, Plan
 from codemix.study.stages import analysis, eval, mixture, pretrain, stream, tokenizer
 
-__all__ = ["GPU_NAME", "GPU_PEAK_FLOPS", "MFU", "find_pretrain", "gpu_hours", "plan_study", "print_plan"]
+__all__ = ["MFU", "find_pretrain", "gpu_hours", "plan_study", "print_plan"]
 
-#: The GPU that the compute estimate assumes: H100 SXM, dense bf16 peak.
-GPU_NAME = "H100 (989 TFLOP/s bf16)"
-GPU_PEAK_FLOPS = 989e12
-#: Model FLOPs utilization assumed for the GPU-hour estimate (a well-tuned small-model run).
+#: Model FLOPs utilization assumed for the GPU-hour estimate on one
+#: :data:`~codemix.models.GPU_NAME` (a well-tuned small-model run).
 MFU = 0.40
 
 
