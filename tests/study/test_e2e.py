@@ -177,6 +177,8 @@ def test_packed_runs_write_the_job_directories_single_runs_write(tmp_path, data_
     for job_id in single:
         a, b = plans[1].job_dir(job_id), plans[2].job_dir(job_id)
         assert "pack" not in json.loads((a / "DONE").read_text()) and json.loads((b / "DONE").read_text())["pack"]
+        # a pack's output goes to each member's job log; the members' shared config is printed once
+        assert (b / "job.log").read_text().count("codemix train (pack of 2)") == 1
         la, lb = ([json.loads(x)["loss"] for x in (d / "log.jsonl").read_text().splitlines()
                    if json.loads(x).get("kind") is None] for d in (a, b))
         assert len(la) == len(lb) > 0 and lb == pytest.approx(la, abs=2e-5)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -430,6 +431,9 @@ def train_pack(cfg: StudyConfig, members: list[PackMember], *, heldout: dict[str
     if p.micro_batch_size not in (None, p.batch_size):
         raise ConfigError("packs do not accumulate gradients; leave pretrain.micro_batch_size unset")
     ctx = DistContext.single(resolve_device(p.device))
+    # the members share the study's config (they differ in mixture and seed): printed once per pack
+    print_config(cfg, title=f"codemix train (pack of {len(members)}) -> "
+                            f"{os.path.commonpath([m.out_dir for m in members])}")
     models, rngs, loaders, configs = [], [], [], []
     for m in members:  # each member exactly as its single run starts: seeded, then built
         random.seed(m.seed)
@@ -443,7 +447,6 @@ def train_pack(cfg: StudyConfig, members: list[PackMember], *, heldout: dict[str
         configs.append({"arch": "gpt", "model": task.model_config(), "tokenizer_hash": tokenizer_hash(tokenizer_path),
                         "seq_len": cfg.data.seq_len, "study": cfg.name, "seed": m.seed, **m.record,
                         "study_config": cfg.model_dump(mode="json")})
-        print_config(cfg, title=f"codemix train (pack of {len(members)}) -> {m.out_dir}")
         save_config(cfg, m.out_dir)
     tokens_per_step = p.batch_size * cfg.data.seq_len
     totals = {resolve_budget(p, batches_per_epoch=ld.batches_per_epoch, tokens_per_step=tokens_per_step)
