@@ -57,9 +57,12 @@ def direct_seq2seq(h: Handle, context: str, continuation: str) -> float:
     return sum(float(logp[k, t]) for k, t in enumerate(cont))
 
 
-def test_causal_scores_match_direct_computation(gpt):
-    shared = gpt.score(CONTEXTS, CONTINUATIONS)
+@pytest.mark.filterwarnings("error::FutureWarning")  # the KV cache passed under the installed version's name
+def test_causal_scores_match_direct_computation(gpt, monkeypatch):
     full = gpt.score(CONTEXTS, CONTINUATIONS, share_context=False)
+    with monkeypatch.context() as m:  # the shared path finds the model's KV cache, not the per-request fallback
+        m.setattr(gpt, "_score_causal_full", lambda *a, **k: pytest.fail("the shared path found no KV cache"))
+        shared = gpt.score(CONTEXTS, CONTINUATIONS)
     direct = [direct_causal(gpt, c, x) for c, x in zip(CONTEXTS, CONTINUATIONS)]
     np.testing.assert_allclose(shared, direct, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(full, direct, rtol=1e-4, atol=1e-4)

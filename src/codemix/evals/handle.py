@@ -248,7 +248,8 @@ class Handle:
             rest = [requests[i][1][:-1] for _, i in rows]  # tokens fed to predict cont[1:]
             if max(len(r) for r in rest) == 0:
                 continue
-            cache = res.past_key_values
+            name = "cache" if "cache" in res else "past_key_values"  # transformers 5.2x renamed the KV cache
+            cache = res.get(name)
             if not hasattr(cache, "batch_select_indices"):  # a model without a standard cache: no sharing
                 for _, i in rows:
                     out[i] = self._score_causal_full([requests[i]], 1)[0]
@@ -259,7 +260,7 @@ class Handle:
             full_mask = torch.cat([mask.to(self.device)[index], cont_mask.to(self.device)], dim=1)
             positions = ctx_len.to(self.device)[index][:, None] + torch.arange(cont_ids.shape[1], device=self.device)
             logits = self._logits(input_ids=cont_ids, attention_mask=full_mask, position_ids=positions,
-                                  past_key_values=cache, use_cache=False).logits
+                                  **{name: cache}, use_cache=False).logits
             logp = torch.log_softmax(logits.float(), dim=-1)
             for r, (_, i) in enumerate(rows):
                 targets = requests[i][1][1:]
