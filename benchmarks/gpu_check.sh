@@ -5,6 +5,8 @@
 #   make gpu-bundle                       # here: wheels the GPU machine lacks + the data the check reads
 #   bash benchmarks/gpu_check.sh          # there, with .device/ carried beside src/
 #   bash benchmarks/gpu_check.sh --cpu    # the same checks at tiny sizes on a CPU (a test runs this)
+#   bash benchmarks/gpu_check.sh benchmarks/pack_throughput.py --preset 20m --ks 8 --batch-size 8
+#                                         # any other benchmark script, with the same setup
 #
 # PYTHON picks the interpreter (default: python3); CODEMIX_BUNDLE the bundle (default: .device);
 # CODEMIX_DATA the data directory (default: the bundle's data/).
@@ -26,4 +28,7 @@ fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export CODEMIX_DATA=${CODEMIX_DATA:-$BUNDLE/data}
 export PYTHONUNBUFFERED=1
+if [[ "${1:-}" == *.py ]]; then
+  exec "$PY" "$@"
+fi
 exec "$PY" benchmarks/gpu_check.py "$@"

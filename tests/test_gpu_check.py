@@ -50,6 +50,16 @@ def test_gpu_check_runs_every_check_on_a_cpu_from_the_bundle(tmp_path, data_dir)
                in ("train_124m", "train_t5_large_dec"))
 
 
+def test_the_wrapper_runs_any_benchmark_script_with_the_checks_setup(tmp_path):
+    """For a device session's own measurements after the checks (the bundle's wheels and data on the path)."""
+    env = {**os.environ, "PYTHON": sys.executable, "CODEMIX_BUNDLE": str(tmp_path)}
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "benchmarks/pack_throughput.py", "--ks", "2",
+                           "--steps", "1", "--warmup", "1", "--rounds", "1", "--batch-size", "2", "--seq-len", "16",
+                           "--vocab", "64"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    (line,) = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert proc.returncode == 0 and line["k"] == 2 and line["batch_size"] == 2, proc.stderr[-2000:]
+
+
 def test_gpu_check_runs_no_check_past_its_budget_and_says_how_to_run_it():
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--cpu", "--budget", "0",
                            "--only", "pack_20m,study"], cwd=ROOT, capture_output=True, text=True, timeout=120)
