@@ -248,7 +248,7 @@ class Handle:
             rest = [requests[i][1][:-1] for _, i in rows]  # tokens fed to predict cont[1:]
             if max(len(r) for r in rest) == 0:
                 continue
-            name = "cache" if "cache" in res else "past_key_values"  # transformers 5.2x renamed the KV cache
+            name = "cache" if "cache" in res else "past_key_values"  # newer transformers: `cache`
             cache = res.get(name)
             if not hasattr(cache, "batch_select_indices"):  # a model without a standard cache: no sharing
                 for _, i in rows:
