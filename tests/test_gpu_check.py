@@ -56,8 +56,9 @@ def test_the_wrapper_runs_any_benchmark_script_with_the_checks_setup(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "benchmarks/pack_throughput.py", "--ks", "2",
                            "--steps", "1", "--warmup", "1", "--rounds", "1", "--batch-size", "2", "--seq-len", "16",
                            "--vocab", "64"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    assert proc.returncode == 0 and line["k"] == 2 and line["batch_size"] == 2, proc.stderr[-2000:]
+    assert line["k"] == 2 and line["batch_size"] == 2, line
 
 
 def test_gpu_check_runs_no_check_past_its_budget_and_says_how_to_run_it():

@@ -57,11 +57,11 @@ def test_pairs_are_formatted_like_multipl_e_python_prompts(data_dir):
         train, valid = mbpp_pairs(MBPP_TRAIN_IDS), mbpp_pairs(MBPP_VALID_IDS)
     rows = {r["task_id"]: r for r in read_jsonl(data_dir / "mbpp" / "mbpp.jsonl.gz")}
     assert len(train) >= 365 and len(valid) >= 85  # of 374 and 90: only unparsable references are left out
-    for prompt, body in train + valid:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the escapes again)
+        for prompt, body in train + valid:
             ast.parse(prompt + body)  # every pair is one valid Python program
-        assert prompt.endswith('"""\n') and '    """\t' in prompt and not body.startswith('    """')
+            assert prompt.endswith('"""\n') and '    """\t' in prompt and not body.startswith('    """')
     prompt, body = python_pair(rows[602]["text"], rows[602]["code"], rows[602]["test_list"])
     assert prompt == ('def first_repeated_char(str1):\n'
                       '    """\tWrite a python function to find the first repeated character in a given string."""\n')
