@@ -16,8 +16,8 @@ __all__ = ["GPU_NAME", "GPU_PEAK_FLOPS", "count_parameters"]
 
 #: The GPU that model-FLOPs utilization (MFU) divides by: an H100 SXM's dense bf16 peak, which
 #: an H200 shares. The planner's GPU-hour estimate and the throughput benchmarks both use it.
-GPU_NAME = "H100 (989 TFLOP/s bf16)"
 GPU_PEAK_FLOPS = 989e12
+GPU_NAME = f"H100 ({GPU_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16)"
 
 
 def count_parameters(model: ModelConfig, *, vocab_size: int, seq_len: int) -> int:
